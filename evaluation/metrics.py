@@ -1,0 +1,138 @@
+"""Average precision per class and its mean, like scikit-learn's metrics: validated arrays in,
+numbers out, clear errors.
+
+AP ranks all images by one class's score and averages the precision at each positive. A class
+with no positive among the evaluated images has no defined AP: it is NaN (with a warning that
+names the class), and the mean says how many classes it covers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from vocdata.splits import DifficultMode, targets_and_mask
+
+AP_VARIANTS = ("sklearn", "voc")
+
+
+class UndefinedAPWarning(UserWarning):
+    """A class has no positive example among the evaluated images, so its AP is undefined."""
+
+
+def _as_ranking_inputs(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives)
+    if scores.ndim != 1 or positives.shape != scores.shape:
+        raise ValueError(
+            f"scores and positives must be 1-D of equal length, got {scores.shape} "
+            f"and {positives.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinity")
+    if not np.isin(positives, (0, 1)).all():
+        raise ValueError("positives must be 0/1 (or boolean)")
+    return scores, positives.astype(bool)
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Non-interpolated AP (scikit-learn's step-wise definition); NaN without positives."""
+    scores, positives = _as_ranking_inputs(scores, positives)
+    if not positives.any():
+        return float("nan")
+    return float(average_precision_score(positives, scores))
+
+
+def voc_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP as the VOC2010+ devkit computes it: area under the interpolated precision envelope.
+
+    Precision at recall r is replaced by the best precision at any recall >= r, which can
+    only raise the value relative to the step-wise AP. NaN without positives.
+    """
+    scores, positives = _as_ranking_inputs(scores, positives)
+    if not positives.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order]
+    true_pos = np.cumsum(hits)
+    precision = true_pos / np.arange(1, len(hits) + 1)
+    recall = true_pos / hits.sum()
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(recall_steps * envelope))
+
+
+def _validate_matrix(scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None):
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or labels.shape != scores.shape:
+        raise ValueError(
+            f"scores and labels must be (N, C) arrays of one shape, got "
+            f"{scores.shape} and {labels.shape}"
+        )
+    if not np.isin(labels, (-1, 0, 1)).all():
+        raise ValueError("labels must be VOC labels: 1 present, 0 difficult, -1 absent")
+    names = (
+        list(class_names) if class_names is not None else [str(c) for c in range(scores.shape[1])]
+    )
+    if len(names) != scores.shape[1]:
+        raise ValueError(f"{len(names)} class names for {scores.shape[1]} score columns")
+    return scores, labels, names
+
+
+def per_class_average_precision(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    difficult: DifficultMode | str = DifficultMode.IGNORE,
+    variant: str = "sklearn",
+) -> np.ndarray:
+    """AP of every class over the whole set: (C,) float64, NaN where a class has no positive.
+
+    `labels` are VOC labels (1 / 0 difficult / -1); under the default difficult mode an image
+    labelled 0 for a class is left out of that class's ranking (the VOC protocol).
+    """
+    if variant not in AP_VARIANTS:
+        raise ValueError(f"variant must be one of {AP_VARIANTS}, got {variant!r}")
+    scores, labels, names = _validate_matrix(scores, labels, class_names)
+    targets, mask = targets_and_mask(labels, difficult)
+    metric = average_precision if variant == "sklearn" else voc_average_precision
+    values = np.full(scores.shape[1], np.nan)
+    for column, name in enumerate(names):
+        counted = mask[:, column] > 0
+        if not targets[counted, column].any():
+            warnings.warn(
+                f"class '{name}' has no positive image in the evaluated set: its AP "
+                f"is undefined (NaN) and left out of the mean",
+                UndefinedAPWarning,
+                stacklevel=2,
+            )
+            continue
+        values[column] = metric(scores[counted, column], targets[counted, column])
+    return values
+
+
+@dataclass(frozen=True)
+class MeanAP:
+    """mAP over the classes whose AP is defined, and how many of them there are."""
+
+    value: float
+    num_classes: int
+    num_undefined: int
+
+    def __str__(self) -> str:
+        text = f"mAP {self.value:.4f} over {self.num_classes} classes"
+        if self.num_undefined:
+            text += f" ({self.num_undefined} without positives left out)"
+        return text
+
+
+def mean_average_precision(per_class_ap: np.ndarray) -> MeanAP:
+    """Mean of the defined (non-NaN) per-class APs; NaN if none is defined."""
+    per_class_ap = np.asarray(per_class_ap, dtype=np.float64)
+    defined = ~np.isnan(per_class_ap)
+    value = float(per_class_ap[defined].mean()) if defined.any() else float("nan")
+    return MeanAP(value, int(defined.sum()), int((~defined).sum()))

@@ -1,0 +1,165 @@
+"""Write and read predictions files (`.npz`, no pickle), validating everything on load.
+
+Layout of the archive (N images, C classes):
+- `scores`       float32 (N, C), sigmoid probabilities in [0, 1]
+- `labels`       int8    (N, C), VOC labels: 1 present, 0 difficult, -1 absent
+- `files`        str     (N,),   image paths relative to the dataset root, unique
+- `class_names`  str     (C,)
+- `provenance`   str     (),     JSON object: format_version, arch, weights, epoch, val_map,
+                                 seed, difficult, created, and anything else the writer adds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from vocdata.files import atomic_write
+
+FORMAT_VERSION = 1
+PREDICTIONS_FILENAME = "val_predictions.npz"
+REQUIRED_PROVENANCE = (
+    "format_version",
+    "arch",
+    "weights",
+    "epoch",
+    "val_map",
+    "seed",
+    "difficult",
+    "created",
+)
+_ARRAYS = ("scores", "labels", "files", "class_names", "provenance")
+
+
+class PredictionsFormatError(ValueError):
+    """A predictions file (or the arrays meant for one) breaks the contract above."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise PredictionsFormatError(message)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Validated scores and labels of N images for C classes, rows in a fixed file order."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    files: tuple[str, ...]
+    class_names: tuple[str, ...]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple(str(f) for f in self.files))
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        scores, labels = np.asarray(self.scores), np.asarray(self.labels)
+        n, c = len(self.files), len(self.class_names)
+        _check(c > 0, "class_names is empty")
+        _check(
+            scores.shape == (n, c),
+            f"scores have shape {scores.shape}, expected ({n}, {c}) "
+            f"= (number of files, number of class names)",
+        )
+        _check(labels.shape == (n, c), f"labels have shape {labels.shape}, expected ({n}, {c})")
+        _check(
+            np.issubdtype(scores.dtype, np.floating), f"scores must be floats, not {scores.dtype}"
+        )
+        _check(bool(np.isfinite(scores).all()), "scores contain NaN or infinity")
+        _check(
+            bool(((scores >= 0) & (scores <= 1)).all()),
+            "scores must be probabilities in [0, 1] (apply the sigmoid before saving)",
+        )
+        _check(bool(np.isin(labels, (-1, 0, 1)).all()), "labels must be 1, 0 (difficult) or -1")
+        _check(len(set(self.files)) == n, "file names are not unique")
+        _check(len(set(self.class_names)) == c, "class names are not unique")
+        for name in self.files:
+            path = PurePosixPath(name)
+            _check(
+                not path.is_absolute() and ".." not in path.parts and "\\" not in name,
+                f"file name {name!r} must be relative to the dataset root (forward slashes)",
+            )
+        object.__setattr__(self, "scores", scores.astype(np.float32, copy=False))
+        object.__setattr__(self, "labels", labels.astype(np.int8, copy=False))
+
+    @property
+    def num_images(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_index(self, name: str) -> int:
+        """Column of class `name`, with an error listing the known names."""
+        try:
+            return self.class_names.index(name)
+        except ValueError:
+            raise KeyError(
+                f"unknown class {name!r}; known: {', '.join(self.class_names)}"
+            ) from None
+
+
+def save_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
+    """Write `predictions` atomically; provenance gets the format version added."""
+    provenance = {"format_version": FORMAT_VERSION, **predictions.provenance}
+    missing = [key for key in REQUIRED_PROVENANCE if key not in provenance]
+    _check(not missing, f"provenance lacks {', '.join(missing)}")
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            scores=predictions.scores,
+            labels=predictions.labels,
+            files=np.array(predictions.files, dtype=np.str_),
+            class_names=np.array(predictions.class_names, dtype=np.str_),
+            provenance=np.array(json.dumps(provenance, sort_keys=True, allow_nan=False)),
+        )
+    return path
+
+
+def load_predictions(path: str | os.PathLike[str]) -> Predictions:
+    """Read and validate a predictions file; every problem is a PredictionsFormatError."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsFormatError(
+            f"Predictions file not found: {path}. Train first (python main_train.py) or pass "
+            f"the path of an existing {PREDICTIONS_FILENAME}."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in _ARRAYS if key not in archive.files]
+            _check(not missing, f"{path} is not a predictions file: it lacks {', '.join(missing)}")
+            arrays = {key: archive[key] for key in _ARRAYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        if isinstance(error, PredictionsFormatError):
+            raise
+        raise PredictionsFormatError(
+            f"{path} is not a readable predictions file ({error})"
+        ) from error
+    try:
+        provenance = json.loads(str(arrays["provenance"]))
+    except json.JSONDecodeError as error:
+        raise PredictionsFormatError(f"{path}: provenance is not valid JSON ({error})") from error
+    _check(isinstance(provenance, dict), f"{path}: provenance must be a JSON object")
+    version = provenance.get("format_version")
+    _check(
+        version == FORMAT_VERSION,
+        f"{path} has format version {version!r}; this program reads version {FORMAT_VERSION}",
+    )
+    try:
+        return Predictions(
+            scores=arrays["scores"],
+            labels=arrays["labels"],
+            files=tuple(arrays["files"].tolist()),
+            class_names=tuple(arrays["class_names"].tolist()),
+            provenance=provenance,
+        )
+    except PredictionsFormatError as error:
+        raise PredictionsFormatError(f"{path}: {error}") from error

@@ -1,0 +1,109 @@
+"""Checkpoints, written atomically, and loadable with `torch.load(weights_only=True)`.
+
+Two files per run:
+- `checkpoint_last.pt`: everything needed to continue exactly (model, optimizer, scheduler,
+  AMP scaler, RNG states, epoch, best-so-far, history, config); rewritten every epoch.
+- `model_best.pt`: the weights of the epoch with the best validation mAP, with what is
+  needed to rebuild the model (arch, class names, image size) and its provenance.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.model import MultiLabelClassifier, build_classifier
+from vocdata.files import atomic_write
+
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_MODEL = "model_best.pt"
+MODEL_FORMAT = "voc-multilabel-classifier/1"
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """`torch.save` through a temporary file and a rename: never a half-written checkpoint."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_trusted(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load one of our checkpoints (tensors and plain data only, so weights_only works)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states, as plain lists and tensors."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_best_model(
+    path: Path,
+    model: MultiLabelClassifier,
+    *,
+    arch: str,
+    class_names: tuple[str, ...],
+    image_size: int,
+    provenance: dict[str, Any],
+) -> None:
+    save_atomic(
+        {
+            "format": MODEL_FORMAT,
+            "arch": arch,
+            "class_names": list(class_names),
+            "image_size": image_size,
+            "state_dict": model.state_dict(),
+            "provenance": provenance,
+        },
+        path,
+    )
+
+
+ModelHook = Callable[[MultiLabelClassifier], nn.Module]
+
+
+def load_model(
+    path: str | os.PathLike[str], model_hook: ModelHook | None = None
+) -> tuple[MultiLabelClassifier, dict[str, Any]]:
+    """Rebuild a saved classifier (eval mode) and return it with the saved metadata.
+
+    `model_hook` re-applies a structural change made before training (e.g. wsconv's
+    conversion), so the saved weights land in the same modules.
+    """
+    saved = load_trusted(path)
+    if saved.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a model saved by this trainer ({MODEL_FORMAT})")
+    model = build_classifier(saved["arch"], len(saved["class_names"]), weights="none")
+    if model_hook is not None:
+        model = model_hook(model)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, saved

@@ -1,0 +1,113 @@
+"""One training epoch and one prediction pass. Nothing else: no files, no logging setup."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.loss import masked_bce_terms, masked_bce_with_logits
+
+POSTFIX_EVERY = 10  # steps between progress-bar loss updates (each costs a device sync)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run: device, autocast dtype (None = float32), memory layout."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    progress: bool = True,
+    description: str = "train",
+) -> tuple[float, int]:
+    """Train for one pass over `loader`; returns (sum of batch-mean losses x batch size, images)."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    images_seen = 0
+    bar = tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch")
+    for step, (images, targets, mask, _) in enumerate(bar, start=1):
+        images = runtime.images_to_device(images)
+        targets = targets.to(runtime.device, non_blocking=True)
+        mask = mask.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits = model(images)
+        loss = masked_bce_with_logits(logits, targets, mask)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach() * images.shape[0]
+        images_seen += images.shape[0]
+        if progress and step % POSTFIX_EVERY == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / images_seen:.4f}")
+    return float(loss_sum.item()), images_seen
+
+
+@dataclass
+class PredictionPass:
+    """Raw output of `predict` for this process's share of the data."""
+
+    indices: np.ndarray  # (n,) rows of the split
+    logits: np.ndarray  # (n, C) float32
+    loss_sum: float  # sum of masked BCE terms
+    mask_sum: float  # number of (image, class) pairs that count
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    runtime: Runtime,
+    progress: bool = True,
+    description: str = "val",
+) -> PredictionPass:
+    """Logits for every sample of `loader` (eval mode), with the summed masked BCE."""
+    model.eval()
+    indices, logits_list = [], []
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    mask_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    for images, targets, mask, index in tqdm(
+        loader, desc=description, leave=False, disable=not progress, unit="batch"
+    ):
+        images = runtime.images_to_device(images)
+        targets = targets.to(runtime.device, non_blocking=True)
+        mask = mask.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits = model(images)
+        loss_sum += masked_bce_terms(logits, targets, mask).sum()
+        mask_sum += mask.sum()
+        logits_list.append(logits.float().cpu())
+        indices.append(index)
+    return PredictionPass(
+        indices=torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64),
+        logits=torch.cat(logits_list).numpy() if logits_list else np.zeros((0, 0), np.float32),
+        loss_sum=float(loss_sum.item()),
+        mask_sum=float(mask_sum.item()),
+    )
