@@ -136,3 +136,47 @@ def mean_average_precision(per_class_ap: np.ndarray) -> MeanAP:
     defined = ~np.isnan(per_class_ap)
     value = float(per_class_ap[defined].mean()) if defined.any() else float("nan")
     return MeanAP(value, int(defined.sum()), int((~defined).sum()))
+
+
+@dataclass(frozen=True)
+class ThresholdMetrics:
+    """Per-class numbers at a fixed score threshold, each (C,) float64 (NaN where undefined)."""
+
+    accuracy: np.ndarray
+    all_negative_accuracy: np.ndarray  # what "always say absent" scores: the trivial baseline
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    positives: np.ndarray  # counted positives per class (int)
+    counted: np.ndarray  # counted images per class (int; difficult ones may be left out)
+
+
+def threshold_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float = 0.5,
+    difficult: DifficultMode | str = DifficultMode.IGNORE,
+) -> ThresholdMetrics:
+    """Accuracy, precision, recall and F1 of `score > threshold` for every class.
+
+    Beside AP these show why accuracy says little here: with few positives per class,
+    answering "absent" for everything is already highly "accurate".
+    """
+    scores, labels, _ = _validate_matrix(scores, labels, None)
+    targets, mask = targets_and_mask(labels, difficult)
+    counted_mask = mask > 0
+    predicted = scores > threshold
+    truth = targets > 0
+    tp = (predicted & truth & counted_mask).sum(axis=0)
+    fp = (predicted & ~truth & counted_mask).sum(axis=0)
+    fn = (~predicted & truth & counted_mask).sum(axis=0)
+    counted = counted_mask.sum(axis=0)
+    positives = (truth & counted_mask).sum(axis=0)
+    correct = ((predicted == truth) & counted_mask).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
+        recall = np.where(positives > 0, tp / positives, np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        accuracy = np.where(counted > 0, correct / counted, np.nan)
+        all_negative = np.where(counted > 0, (counted - positives) / counted, np.nan)
+    return ThresholdMetrics(accuracy, all_negative, precision, recall, f1, positives, counted)

@@ -137,6 +137,14 @@ def _finite_or_none(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def _describe_head(head: nn.Linear) -> str:
+    count = sum(p.numel() for p in head.parameters())
+    return (
+        f"Linear({head.in_features} -> {head.out_features}): {count:,} parameters "
+        f"(weight {head.out_features}x{head.in_features} + bias {head.out_features})"
+    )
+
+
 def _peak_memory_mb(runtime: Runtime) -> float | None:
     if runtime.device.type != "cuda":
         return None
@@ -297,6 +305,12 @@ class Trainer:
             "difficult": config.difficult,
             "image_size": config.image_size,
             "split": "val",
+            "train_images": len(self.data.train_split),
+            "val_images": len(self.data.val_split),
+            "train_positives": dict(
+                zip(VOC_CLASSES, (self.data.train_split.labels == 1).sum(0).tolist(), strict=True)
+            ),
+            "head": _describe_head(self.model.head),
             "voc_root": project_relative(self.data.voc_root),
             "run": project_relative(self.run_dir),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),

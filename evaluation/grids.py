@@ -1,0 +1,107 @@
+"""Top- and bottom-ranked validation images of a class, as annotated grids."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from evaluation.ranking import top_and_bottom
+from predictions import Predictions
+
+log = logging.getLogger(__name__)
+
+TILE = 160
+TRUTH_COLOURS = {1: "tab:green", 0: "tab:orange", -1: "tab:red"}
+TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
+
+
+@dataclass(frozen=True)
+class GridTile:
+    rank: int  # 1 = highest score
+    file: str
+    score: float
+    label: int  # 1 / 0 difficult / -1
+
+
+@dataclass(frozen=True)
+class ClassGrids:
+    class_name: str
+    top: list[GridTile]
+    bottom: list[GridTile]
+
+
+def class_grids(predictions: Predictions, class_name: str, k: int) -> ClassGrids:
+    """Which images the grids of `class_name` show, in display order (pure: no image I/O)."""
+    column = predictions.class_index(class_name)
+    scores = predictions.scores[:, column]
+    top, bottom = top_and_bottom(scores, k)
+    n = predictions.num_images
+
+    def tiles(rows: np.ndarray, ranks: list[int]) -> list[GridTile]:
+        return [
+            GridTile(
+                rank, predictions.files[r], float(scores[r]), int(predictions.labels[r, column])
+            )
+            for r, rank in zip(rows, ranks, strict=True)
+        ]
+
+    return ClassGrids(
+        class_name,
+        tiles(top, list(range(1, len(top) + 1))),
+        tiles(bottom, list(range(n, n - len(bottom), -1))),
+    )
+
+
+def load_tile(voc_root: Path, relative: str) -> np.ndarray:
+    """The image as an RGB thumbnail array; a grey placeholder (logged) if it cannot be read."""
+    try:
+        with Image.open(voc_root / relative) as image:
+            image.draft("RGB", (TILE, TILE))
+            tile = image.convert("RGB")
+            tile.thumbnail((TILE, TILE))
+            return np.asarray(tile)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        log.warning("grid image %s unreadable (%s): drawn as a placeholder tile", relative, error)
+        placeholder = Image.new("RGB", (TILE, TILE), (200, 200, 200))
+        ImageDraw.Draw(placeholder).text(
+            (6, TILE // 2 - 6), f"missing\n{Path(relative).name}", fill=(60, 60, 60)
+        )
+        return np.asarray(placeholder)
+
+
+def grid_figure(grids: ClassGrids, voc_root: Path, columns: int = 5) -> Figure:
+    """Two annotated grids on one page: the k highest-scored and the k lowest-scored images."""
+    rows_each = -(-max(len(grids.top), 1) // columns)
+    figure = Figure(figsize=(8.27, 4.0 * rows_each + 0.8), layout="constrained")
+    top_fig, bottom_fig = figure.subfigures(2, 1)
+    for subfigure, tiles, title in (
+        (top_fig, grids.top, f"'{grids.class_name}': the {len(grids.top)} highest-scored images"),
+        (
+            bottom_fig,
+            grids.bottom,
+            f"'{grids.class_name}': the {len(grids.bottom)} lowest-scored images",
+        ),
+    ):
+        subfigure.suptitle(title, fontsize=11)
+        axes = np.atleast_1d(subfigure.subplots(rows_each, columns)).ravel()
+        for ax in axes:
+            ax.axis("off")
+        for ax, tile in zip(axes, tiles, strict=False):
+            ax.imshow(load_tile(voc_root, tile.file))
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(TRUTH_COLOURS[tile.label])
+                spine.set_linewidth(4)
+            ax.set_title(
+                f"#{tile.rank}  {tile.score:.3f}\n{TRUTH_WORDS[tile.label]}",
+                fontsize=8,
+                color=TRUTH_COLOURS[tile.label],
+            )
+    return figure

@@ -1,0 +1,21 @@
+"""The ranking of images by one class's score, shared by the report grids and the GUI."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ranking_order(class_scores: np.ndarray) -> np.ndarray:
+    """Row indices from highest to lowest score; ties keep file order (deterministic)."""
+    class_scores = np.asarray(class_scores)
+    if class_scores.ndim != 1:
+        raise ValueError(f"class_scores must be 1-D, got shape {class_scores.shape}")
+    return np.argsort(-class_scores, kind="stable")
+
+
+def top_and_bottom(class_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k highest-scored rows (best first) and the k lowest-scored (lowest first)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    order = ranking_order(class_scores)
+    return order[:k], order[::-1][:k]
