@@ -57,6 +57,8 @@ def find_predictions_file(
         candidate = resolve_project_path(path)
         if candidate.is_file():
             return candidate
+        if candidate.suffix == ".npz":
+            raise RunNotFoundError(f"Predictions file not found: {candidate}")
     run_dir = resolve_run_dir(path, runs_dir)
     candidate = run_dir / PREDICTIONS_FILENAME
     if not candidate.is_file():

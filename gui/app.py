@@ -1,0 +1,355 @@
+"""The window and its event loop: thin on purpose. State lives in `RankingModel`, pixels in
+`ThumbnailCache`; this file only wires them to PySimpleGUI elements and keys."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import PySimpleGUI as sg
+from PIL import Image, ImageColor
+
+from gui.model import RankedImage, RankingModel
+from gui.thumbnails import (
+    TRUTH_WORDS,
+    ThumbnailCache,
+    decode_thumbnail,
+    page_image,
+    tile,
+    to_ppm,
+)
+from vocdata.files import atomic_write, project_relative
+
+log = logging.getLogger(__name__)
+
+THUMB_READY = "-THUMB-READY-"
+KEYS = {
+    "<Left>": "-PREV-",
+    "<Prior>": "-PREV-",
+    "<Right>": "-NEXT-",
+    "<Next>": "-NEXT-",
+    "<Home>": "-FIRST-",
+    "<End>": "-LAST-",
+}
+DETAIL_SIZE = (640, 480)
+THEME = "LightGrey1"
+
+
+@dataclass
+class PageTiming:
+    """Time from an event to every tile of the new page drawn."""
+
+    event: str
+    cached: bool
+    milliseconds: float
+
+
+class BrowserApp:
+    def __init__(
+        self,
+        model: RankingModel,
+        cache: ThumbnailCache,
+        columns: int = 5,
+        title: str = "VOC ranking browser",
+        screens_dir: Path | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.columns = columns
+        self.screens_dir = screens_dir or Path("screens")
+        self.displayed: list[RankedImage] = []
+        self.timings: list[PageTiming] = []
+        self._waiting: set[str] = set()
+        self._page_started = 0.0
+        self._page_event = ""
+        self._closed = False
+        self._started = started if started is not None else time.perf_counter()
+        self.startup_seconds: float | None = None
+        sg.theme(THEME)
+        self.background = ImageColor.getrgb(sg.theme_background_color())
+        self.window = sg.Window(
+            title, self._layout(), finalize=True, resizable=True, return_keyboard_events=False
+        )
+        for key, event in KEYS.items():
+            self.window.bind(key, event)
+        self.window["-RANK-"].bind("<Return>", "-GO-")
+        self.show_page("start")
+
+    # -- layout ------------------------------------------------------------------------------
+    def _layout(self) -> list[list[sg.Element]]:
+        labels = self.model.class_labels()
+        tile_w = self.cache.size[0] + 10
+        grid = []
+        for r in range(-(-self.model.page_size // self.columns)):
+            row = []
+            for c in range(self.columns):
+                slot = r * self.columns + c
+                if slot >= self.model.page_size:
+                    break
+                row.append(
+                    sg.Column(
+                        [
+                            [
+                                sg.Image(
+                                    key=("-TILE-", slot),
+                                    enable_events=True,
+                                    size=(tile_w, self.cache.size[1] + 10),
+                                )
+                            ],
+                            [
+                                sg.Text(
+                                    "",
+                                    key=("-CAPTION-", slot),
+                                    size=(tile_w // 8, 2),
+                                    font=("Helvetica", 9),
+                                )
+                            ],
+                        ],
+                        pad=(3, 3),
+                    )
+                )
+            grid.append(row)
+        controls = [
+            sg.Text("Class"),
+            sg.Combo(
+                labels,
+                default_value=labels[self.model.class_index],
+                key="-CLASS-",
+                readonly=True,
+                enable_events=True,
+                size=(26, 20),
+            ),
+            sg.Radio(
+                "highest first", "direction", key="-HIGHEST-", default=True, enable_events=True
+            ),
+            sg.Radio("lowest first", "direction", key="-LOWEST-", enable_events=True),
+            sg.Text("  go to rank"),
+            sg.Input(key="-RANK-", size=(7, 1)),
+            sg.Button("Go", key="-GO-"),
+            sg.Button("Save page as PNG", key="-SAVE-"),
+        ]
+        navigation = [
+            sg.Button("Top", key="-FIRST-"),
+            sg.Button("◀ Previous", key="-PREV-"),
+            sg.Button("Next ▶", key="-NEXT-"),
+            sg.Button("Bottom", key="-LAST-"),
+            sg.Text(
+                "   border: green = contains, orange = difficult, red = absent   "
+                "keys: ←/→ PgUp/PgDn Home/End   click an image for all 20 scores",
+                font=("Helvetica", 9),
+            ),
+        ]
+        return [
+            controls,
+            [sg.Text("", key="-STATUS-", font=("Helvetica", 12, "bold"), size=(90, 1))],
+            [sg.Text("", key="-PRECISION-", size=(110, 1))],
+            *grid,
+            navigation,
+            [sg.Text("", key="-MESSAGE-", size=(110, 1), text_color="dark red")],
+        ]
+
+    # -- drawing -----------------------------------------------------------------------------
+    def _tile(self, thumbnail: Image.Image | None, label: int | None) -> Image.Image:
+        return tile(thumbnail, label, self.cache.size, background=self.background)
+
+    def _draw_slot(self, slot: int, item: RankedImage | None) -> None:
+        if item is None:
+            self.window[("-TILE-", slot)].update(data=to_ppm(self._tile(None, None)))
+            self.window[("-CAPTION-", slot)].update("")
+            return
+        thumbnail = self.cache.get(item.file)
+        self.window[("-TILE-", slot)].update(data=to_ppm(self._tile(thumbnail, item.label)))
+        self.window[("-CAPTION-", slot)].update(
+            f"#{item.rank:,}  {item.score:.3f}\n{TRUTH_WORDS[item.label]}"
+        )
+
+    def show_page(self, event: str) -> None:
+        """Draw the model's current page; missing thumbnails arrive via THUMB_READY events."""
+        self._page_started, self._page_event = time.perf_counter(), event
+        self.displayed = self.model.page_items()
+        for slot in range(self.model.page_size):
+            self._draw_slot(slot, self.displayed[slot] if slot < len(self.displayed) else None)
+        self.window["-STATUS-"].update(self.model.status_line())
+        self.window["-PRECISION-"].update(self.model.precision_line())
+        self.window["-CLASS-"].update(value=self.model.class_labels()[self.model.class_index])
+        self.window["-LOWEST-" if self.model.lowest_first else "-HIGHEST-"].update(value=True)
+        needed = [item.file for item in self.displayed if self.cache.get(item.file) is None]
+        self._waiting = set(needed)
+        if needed:
+            self.cache.prefetch(needed, self._thumbnail_ready)
+        else:
+            self._page_drawn(cached=True)
+        # Neighbouring pages next, so paging on feels instant.
+        for page in (self.model.page + 1, self.model.page - 1):
+            if 0 <= page < self.model.num_pages:
+                self.cache.prefetch(item.file for item in self.model.page_items(page))
+
+    def _thumbnail_ready(self, relative: str) -> None:  # runs in a worker thread
+        if not self._closed:
+            self.window.write_event_value(THUMB_READY, relative)
+
+    def _on_thumbnail(self, relative: str) -> None:
+        for slot, item in enumerate(self.displayed):
+            if item.file == relative:
+                self._draw_slot(slot, item)
+        if relative in self._waiting:
+            self._waiting.discard(relative)
+            if not self._waiting:
+                self._page_drawn(cached=False)
+
+    def _page_drawn(self, cached: bool) -> None:
+        self.window.refresh()
+        elapsed = (time.perf_counter() - self._page_started) * 1000
+        self.timings.append(PageTiming(self._page_event, cached, elapsed))
+        if self.startup_seconds is None:
+            self.startup_seconds = time.perf_counter() - self._started
+            log.info("first page drawn %.2f s after start", self.startup_seconds)
+            self.cache.prefetch(self.model.front_files(), background=True)
+        log.debug(
+            "page drawn after %s in %.1f ms (%s)",
+            self._page_event,
+            elapsed,
+            "cached" if cached else "decoded",
+        )
+
+    # -- events ------------------------------------------------------------------------------
+    def handle(self, event, values) -> bool:
+        """React to one event; False when the window should close."""
+        if event in (sg.WIN_CLOSED, "Exit"):
+            return False
+        self.window["-MESSAGE-"].update("")
+        model = self.model
+        if event == THUMB_READY:
+            self._on_thumbnail(values[THUMB_READY])
+            return True
+        page_before = (model.class_index, model.lowest_first, model.page)
+        if event == "-CLASS-":
+            model.set_class(model.class_labels().index(values["-CLASS-"]))
+        elif event in ("-HIGHEST-", "-LOWEST-"):
+            model.set_lowest_first(event == "-LOWEST-")
+        elif event == "-NEXT-":
+            model.next_page()
+        elif event == "-PREV-":
+            model.previous_page()
+        elif event == "-FIRST-":
+            model.first_page()
+        elif event == "-LAST-":
+            model.last_page()
+        elif event == "-GO-":
+            self._go_to_rank(values.get("-RANK-", ""))
+        elif event == "-SAVE-":
+            self.save_page()
+            return True
+        elif isinstance(event, tuple) and event[0] == "-TILE-":
+            self.show_detail(event[1])
+            return True
+        if (model.class_index, model.lowest_first, model.page) != page_before:
+            self.show_page(event if isinstance(event, str) else str(event))
+        return True
+
+    def _go_to_rank(self, text: str) -> None:
+        try:
+            self.model.go_to_rank(int(str(text).replace(",", "").strip()))
+        except ValueError:
+            self.window["-MESSAGE-"].update(
+                f"rank must be a whole number from 1 to {self.model.num_images:,}"
+            )
+
+    def save_page(self) -> Path:
+        """Write the current page as one PNG into the screens folder; say where."""
+        model = self.model
+        tiles = [
+            (
+                self._tile(self.cache.load(i.file), i.label),
+                f"#{i.rank:,}  {i.score:.3f}  {TRUTH_WORDS[i.label]}",
+            )
+            for i in self.displayed
+        ]
+        picture = page_image(tiles, self.columns, model.status_line())
+        direction = "lowest" if model.lowest_first else "highest"
+        path = self.screens_dir / f"{model.class_name}-{direction}-page{model.page + 1}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            picture.save(tmp, format="PNG")
+        self.window["-MESSAGE-"].update(f"saved {project_relative(path)}")
+        return path
+
+    def detail_window(self, slot: int) -> sg.Window:
+        """A window with the image large and all class scores with the true labels."""
+        item = self.displayed[slot]
+        picture, reason = decode_thumbnail(self.cache.voc_root / item.file, DETAIL_SIZE)
+        rows = [
+            [name, f"{score:.4f}", TRUTH_WORDS[label]]
+            for name, score, label in self.model.detail_rows(item.row)
+        ]
+        highlight = [(r, "yellow") for r, row in enumerate(rows) if row[0] == self.model.class_name]
+        layout = [
+            [
+                sg.Text(
+                    f"{item.file}   (rank {item.rank:,} for '{self.model.class_name}')"
+                    + (f" — {reason}" if reason else ""),
+                    font=("Helvetica", 11, "bold"),
+                )
+            ],
+            [
+                sg.Image(data=to_ppm(picture), key="-BIG-"),
+                sg.Table(
+                    rows,
+                    headings=["class", "score", "truth"],
+                    key="-SCORES-",
+                    num_rows=len(rows),
+                    auto_size_columns=False,
+                    col_widths=[12, 8, 9],
+                    row_colors=highlight,
+                    justification="left",
+                ),
+            ],
+            [sg.Button("Close")],
+        ]
+        return sg.Window(f"{item.file}", layout, finalize=True, modal=True, keep_on_top=True)
+
+    def show_detail(self, slot: int) -> None:
+        if slot >= len(self.displayed):
+            return
+        window = self.detail_window(slot)
+        while True:
+            event, _ = window.read()
+            if event in (sg.WIN_CLOSED, "Close"):
+                break
+        window.close()
+
+    def pump(self, timeout: float = 20.0) -> None:
+        """Handle events until the current page is fully drawn and the queue is quiet (for
+        scripted use: tests and the benchmark)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            event, values = self.window.read(timeout=30)
+            if event == sg.TIMEOUT_EVENT:
+                if not self._waiting:
+                    return
+                continue
+            if not self.handle(event, values):
+                raise RuntimeError("the window was closed")
+        raise TimeoutError(f"page not drawn within {timeout} s; waiting for {self._waiting}")
+
+    def send(self, event: str, value=None) -> None:
+        """Post an event as a user action would, and process it completely."""
+        self.window.write_event_value(event, value)
+        self.pump()
+
+    def run(self) -> None:
+        try:
+            while True:
+                event, values = self.window.read()
+                if not self.handle(event, values):
+                    break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cache.shutdown()
+        self.window.close()
