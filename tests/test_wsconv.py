@@ -250,6 +250,8 @@ def test_python_m_wsconv_writes_both_checks(imagenet_samples, tiny_voc, tmp_path
         "0",
         "--no-progress",
         "--no-download",
+        "--cache-dir",
+        str(tmp_path / "cache"),
     ]
     result = subprocess.run(
         [sys.executable, "-m", "wsconv", *common, "--train", "A", "B", "--epochs", "3"],

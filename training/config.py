@@ -53,7 +53,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
-    cache_dir: str | None = None
+    cache_dir: str | None = "cache"
     # bookkeeping
     seed: int = 0
     runs_dir: str = DEFAULT_RUNS_DIR
@@ -65,6 +65,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             self.workers = default_workers()
+        if self.cache_dir in ("", "none"):
+            self.cache_dir = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -225,8 +227,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     machine.add_argument(
         "--cache-dir",
         default=default(d.cache_dir),
-        help="folder for a one-time cache of decoded, resized images "
-        "(speeds up every later epoch and run); none by default",
+        help="folder (relative to the project root) for a one-time cache of the images decoded "
+        "and resized to the evaluation scale, reused by every later epoch and run and rebuilt "
+        "when the images change; about 3 GB for full VOC 2012; 'none' to decode every time",
     )
 
     book = parser.add_argument_group("bookkeeping")

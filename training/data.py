@@ -9,13 +9,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.config import TrainConfig
-from training.distributed import DistContext
+from training.distributed import DistContext, barrier
 from training.sampling import EpochSampler
 from training.seed import seed_worker
+from vocdata.cache import ImageCache, open_or_build_cache
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.errors import VocDataError
+from vocdata.files import resolve_project_path
 from vocdata.splits import VocSplit
-from vocdata.transforms import eval_transform, train_transform
+from vocdata.transforms import eval_resize_size, eval_transform, train_transform
 
 
 @dataclass
@@ -46,6 +48,26 @@ def _loader(
     )
 
 
+def _split_cache(
+    config: TrainConfig, voc_root: Path, split: VocSplit, context: DistContext
+) -> ImageCache:
+    """Rank 0 builds (or finds) the cache; the other processes open it once it is complete."""
+    arguments = (
+        resolve_project_path(config.cache_dir),
+        split.name,
+        voc_root,
+        split.relative_paths,
+        eval_resize_size(config.image_size),
+        max(1, config.workers),
+    )
+    if context.is_main:
+        cache = open_or_build_cache(*arguments, progress=config.progress)
+    barrier(context)
+    if not context.is_main:
+        cache = open_or_build_cache(*arguments, progress=False)
+    return cache
+
+
 def build_run_data(
     config: TrainConfig, voc_root: Path, context: DistContext, pin_memory: bool
 ) -> RunData:
@@ -59,11 +81,15 @@ def build_run_data(
             f"The train split has {len(train_split)} images, fewer than one batch of "
             f"{config.batch_size} x {context.world_size} process(es): lower --batch-size."
         )
+    train_cache = val_cache = None
+    if config.cache_dir:
+        train_cache = _split_cache(config, voc_root, train_split, context)
+        val_cache = _split_cache(config, voc_root, val_split, context)
     train_set = VocClassification(
-        voc_root, train_split, config.difficult, train_transform(config.image_size)
+        voc_root, train_split, config.difficult, train_transform(config.image_size), train_cache
     )
     val_set = VocClassification(
-        voc_root, val_split, config.difficult, eval_transform(config.image_size)
+        voc_root, val_split, config.difficult, eval_transform(config.image_size), val_cache
     )
     train_sampler = EpochSampler(
         len(train_set),

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vocdata.cache import ImageCache
 from vocdata.errors import ImageReadError
 from vocdata.images import SKIP_HINT, find_bad_images, open_rgb
 from vocdata.splits import DifficultMode, VocSplit, read_split
@@ -35,7 +36,11 @@ class VocClassification(Dataset):
         split: VocSplit,
         difficult: DifficultMode | str,
         transform: Transform,
+        image_cache: ImageCache | None = None,
     ) -> None:
+        if image_cache is not None and image_cache.relative_paths != split.relative_paths:
+            raise ValueError("the image cache was built for other files than this split")
+        self.image_cache = image_cache
         self.voc_root = Path(voc_root)
         self.split = split
         self.difficult = DifficultMode(difficult)
@@ -49,7 +54,9 @@ class VocClassification(Dataset):
         return len(self.split)
 
     def load_image(self, index: int):
-        """The decoded RGB image of row `index` (a PIL image)."""
+        """The decoded RGB image of row `index` (a PIL image), from the cache if there is one."""
+        if self.image_cache is not None:
+            return self.image_cache.image(index)
         return open_rgb(self.voc_root / self.relative_paths[index])
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

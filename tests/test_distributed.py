@@ -1,0 +1,91 @@
+"""torchrun with 2 CPU processes (gloo): one run, one predictions file in val order, and the
+mAP of a single-process evaluation of the same checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from evaluation.metrics import (
+    UndefinedAPWarning,
+    mean_average_precision,
+    per_class_average_precision,
+)
+from predictions import load_predictions
+from training.checkpoint import load_model
+from vocdata import read_split
+from vocdata.dataset import VocClassification
+from vocdata.files import PROJECT_ROOT
+from vocdata.transforms import eval_transform
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_matches_a_single_process_evaluation(tiny_voc, tmp_path):
+    runs = tmp_path / "runs"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "main_train.py",
+            "--voc-root",
+            str(tiny_voc.root),
+            "--runs-dir",
+            str(runs),
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--no-download",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = [p for p in runs.iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1  # rank 0 alone creates and writes
+    run_dir = run_dirs[0]
+    assert (runs / "latest").read_text().strip() == run_dir.name
+
+    val = read_split(tiny_voc.root, "val")
+    predictions = load_predictions(run_dir / "val_predictions.npz")
+    assert list(predictions.files) == val.relative_paths  # gathered back into split order
+    assert predictions.scores.shape == (len(val), 20)
+    np.testing.assert_array_equal(predictions.labels, val.labels)
+
+    model, saved = load_model(run_dir / "model_best.pt")
+    dataset = VocClassification(tiny_voc.root, val, "ignore", eval_transform(32))
+    with torch.no_grad():
+        scores = torch.cat(
+            [torch.sigmoid(model(images)) for images, *_ in DataLoader(dataset, batch_size=5)]
+        ).numpy()
+    np.testing.assert_allclose(predictions.scores, scores, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        single = mean_average_precision(per_class_average_precision(scores, val.labels)).value
+    history = json.loads((run_dir / "history.json").read_text())
+    best = next(h for h in history if h["epoch"] == saved["provenance"]["epoch"])
+    assert best["val_map"] == pytest.approx(single, abs=1e-6)
+    assert json.loads((run_dir / "config.json").read_text())["batch_size"] == 4
