@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 batches,
             )
         )
-        print(f"measured {results[-1].name}", flush=True)
+        print(f"measured {results[-1]}", flush=True)
     setups = [
         ("(b) ours, batch 16", dataclasses.replace(base, batch_size=16)),
         (f"(b) ours, batch {base.batch_size}", base),
@@ -388,13 +388,20 @@ def main(argv: list[str] | None = None) -> int:
         setups.append(("(c) ours + compile", dataclasses.replace(base, compile=True)))
     last = None
     for name, config in setups:
-        last = our_setup(config, voc_root)
-        results.append(measure_our_pipeline(last, name, args.warmup, batches))
-        print(f"measured {name}", flush=True)
+        try:
+            setup = our_setup(config, voc_root)
+            results.append(measure_our_pipeline(setup, name, args.warmup, batches))
+        except Exception as error:  # one failing setup (e.g. compile) must not hide the rest
+            print(f"{name} failed: {type(error).__name__}: {error}", flush=True)
+            continue
+        last = setup
+        print(f"measured {name}: {results[-1]}", flush=True)
     print()
     print(format_table(results))
     print()
-    print(f"where the time of '{setups[-1][0]}' goes, per training step:")
+    if last is None:
+        return 1
+    print(f"where the time of '{results[-1].name}' goes, per training step:")
     for key, value in breakdown(last, batches).items():
         print(f"  {key:<22} {value:8.2f}" + (" ms" if "(s)" not in key else " s"))
     return 0
