@@ -290,6 +290,7 @@ def breakdown(setup: OurSetup, batches: int | None) -> dict[str, float]:
 
 def format_table(results: list[Measurement]) -> str:
     baseline = results[0]
+    compared = results[1:] if baseline.name.startswith("(a)") else []
     rows = [
         ("batch size", "batch_size", "{:.0f}"),
         ("data loading alone, images/s", "data_images_per_s", "{:.0f}"),
@@ -300,7 +301,7 @@ def format_table(results: list[Measurement]) -> str:
         ("seconds per epoch (train + val)", "epoch_seconds", "{:.1f}"),
     ]
     header = f"{'':<34}" + "".join(f"{r.name:>22}" for r in results)
-    header += "".join(f"{r.name.split()[0] + '/(a)':>16}" for r in results[1:])
+    header += "".join(f"{r.name.split()[0] + '/(a)':>16}" for r in compared)
     lines = [header]
     for label, attribute, fmt in rows:
         values = [getattr(r, attribute) for r in results]
