@@ -308,7 +308,8 @@ def format_table(results: list[Measurement]) -> str:
         line = f"{label:<34}" + "".join(f"{fmt.format(v):>22}" for v in values)
         base = getattr(baseline, attribute)
         line += "".join(
-            f"{v / base:>16.2f}" if base == base and base else f"{'':>16}" for v in values[1:]
+            f"{getattr(r, attribute) / base:>16.2f}" if base == base and base else f"{'':>16}"
+            for r in compared
         )
         lines.append(line)
     return "\n".join(lines)
