@@ -52,6 +52,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    cudnn_benchmark: bool = True
     deterministic: bool = False
     cache_dir: str | None = "cache"
     # bookkeeping
@@ -217,6 +218,13 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=default(d.compile),
         help="torch.compile the model",
+    )
+    machine.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=default(d.cudnn_benchmark),
+        help="let cuDNN time its algorithms for each new layer shape and keep the fastest "
+        "(costs time once per process, in the first epoch)",
     )
     machine.add_argument(
         "--deterministic",

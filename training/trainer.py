@@ -99,7 +99,7 @@ def pick_runtime(config: TrainConfig, context: DistContext) -> Runtime:
 
 def _configure_determinism(config: TrainConfig, runtime: Runtime) -> None:
     if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark and not config.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if config.deterministic:
