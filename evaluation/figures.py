@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from evaluation.tailacc import TailaccCurves
@@ -90,7 +91,8 @@ def tailacc_figure(curves: TailaccCurves, class_names: Sequence[str]) -> Figure:
     figure = Figure(figsize=WIDE, layout="constrained")
     ax = figure.subplots()
     share = curves.kept_share * 100
-    colours = [f"C{i % 10}" for i in range(len(class_names))]
+    palette = colormaps["tab20"]  # 20 distinct colours for the 20 classes
+    colours = [palette(i % palette.N) for i in range(len(class_names))]
     for row, name, colour in zip(curves.tailacc, class_names, colours, strict=True):
         if not np.isnan(row).all():
             ax.plot(share, row, "-", linewidth=0.8, alpha=0.6, color=colour, label=name)

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from evaluation.ranking import top_and_bottom
+from evaluation.ranking import format_score, top_and_bottom
 from predictions import Predictions
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def grid_figure(grids: ClassGrids, voc_root: Path, columns: int = 5) -> Figure:
                 spine.set_edgecolor(TRUTH_COLOURS[tile.label])
                 spine.set_linewidth(4)
             ax.set_title(
-                f"#{tile.rank}  {tile.score:.3f}\n{TRUTH_WORDS[tile.label]}",
+                f"#{tile.rank}  {format_score(tile.score)}\n{TRUTH_WORDS[tile.label]}",
                 fontsize=8,
                 color=TRUTH_COLOURS[tile.label],
             )

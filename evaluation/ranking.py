@@ -19,3 +19,16 @@ def top_and_bottom(class_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
         raise ValueError(f"k must be at least 1, got {k}")
     order = ranking_order(class_scores)
     return order[:k], order[::-1][:k]
+
+
+def format_score(score: float) -> str:
+    """A sigmoid score in at most 7 characters that keeps confident scores apart.
+
+    Three decimals turn 0.99991 and 0.99979 both into "1.000"; near the ends the distance to 0
+    or 1 is what matters, so it is shown instead: "1-9e-5", "3e-5".
+    """
+    if score >= 0.9995:
+        return f"1-{1 - score:.0e}".replace("e-0", "e-") if score < 1 else "1"
+    if score < 0.0005:
+        return f"{score:.0e}".replace("e-0", "e-") if score > 0 else "0"
+    return f"{score:.3f}"

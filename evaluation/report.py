@@ -32,9 +32,8 @@ from evaluation.metrics import (
     threshold_metrics,
 )
 from evaluation.tailacc import tailacc_curves
-from predictions import PREDICTIONS_FILENAME, Predictions, load_predictions
-from vocdata.files import PROJECT_ROOT, atomic_write, project_relative, resolve_project_path
-from vocdata.splits import resolve_voc_root
+from predictions import PREDICTIONS_FILENAME, Predictions, images_root, load_predictions
+from vocdata.files import PROJECT_ROOT, atomic_write, project_relative
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +180,6 @@ def _save_figure(figure: Figure, out_dir: Path, stem: str, written: list[str]) -
         written.append(f"{stem}{suffix}")
 
 
-def _grids_voc_root(predictions: Predictions, voc_root: str | None) -> Path:
-    if voc_root:
-        return resolve_project_path(voc_root)
-    stored = predictions.provenance.get("voc_root")
-    if stored and resolve_project_path(stored).is_dir():
-        return resolve_project_path(stored)
-    return resolve_voc_root()
-
-
 def write_report(
     inputs: ReportInputs,
     out_dir: Path,
@@ -223,7 +213,7 @@ def write_report(
     )
     grid_classes = pick_grid_classes(preds, classes, 3, seed)
     grids = [class_grids(preds, name, k) for name in grid_classes]
-    images_root = _grids_voc_root(preds, voc_root)
+    grid_images_root = images_root(preds, voc_root)
     best_epoch = preds.provenance.get("epoch")
 
     figures: list[tuple[str, Figure]] = [
@@ -246,7 +236,7 @@ def write_report(
         )
     )
     figures.append(("tailacc", tailacc_figure(curves, preds.class_names)))
-    figures += [(f"grid_{g.class_name}", grid_figure(g, images_root)) for g in grids]
+    figures += [(f"grid_{g.class_name}", grid_figure(g, grid_images_root)) for g in grids]
     for stem, figure in figures:
         _save_figure(figure, out_dir, stem, written)
 
@@ -261,7 +251,7 @@ def write_report(
         grid_classes=grid_classes,
     )
     _write_grids_json(out_dir / "grids.json", grids, written)
-    text_blocks = _text_blocks(inputs, summary, difficult, images_root, k, num_thresholds)
+    text_blocks = _text_blocks(inputs, summary, difficult, grid_images_root, k, num_thresholds)
     _write_markdown(
         out_dir / "report.md", inputs, summary, text_blocks, header, rows, figures, written
     )
@@ -297,7 +287,7 @@ def _text_blocks(
     inputs: ReportInputs,
     summary: ReportSummary,
     difficult: str,
-    images_root: Path,
+    grid_images_root: Path,
     k: int,
     num_thresholds: int,
 ) -> list[tuple[str, str]]:
@@ -330,7 +320,7 @@ def _text_blocks(
             "Data",
             f"Pascal VOC 2012, official split: {train_count} train images, "
             f"{preds.num_images} val images (one sample per image).\n"
-            f"dataset root {project_relative(images_root)}; difficult mode '{difficult}'\n"
+            f"dataset root {project_relative(grid_images_root)}; difficult mode '{difficult}'\n"
             f"per class: train / val images that contain it, and val images where it is only "
             f"difficult\n"
             f"{counts}",

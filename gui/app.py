@@ -11,6 +11,7 @@ from pathlib import Path
 import PySimpleGUI as sg
 from PIL import Image, ImageColor
 
+from evaluation.ranking import format_score
 from gui.model import RankedImage, RankingModel
 from gui.thumbnails import (
     TRUTH_WORDS,
@@ -163,7 +164,7 @@ class BrowserApp:
         thumbnail = self.cache.get(item.file)
         self.window[("-TILE-", slot)].update(data=to_ppm(self._tile(thumbnail, item.label)))
         self.window[("-CAPTION-", slot)].update(
-            f"#{item.rank:,}  {item.score:.3f}\n{TRUTH_WORDS[item.label]}"
+            f"#{item.rank:,}  {format_score(item.score)}\n{TRUTH_WORDS[item.label]}"
         )
 
     def show_page(self, event: str) -> None:
@@ -264,7 +265,7 @@ class BrowserApp:
         tiles = [
             (
                 self._tile(self.cache.load(i.file), i.label),
-                f"#{i.rank:,}  {i.score:.3f}  {TRUTH_WORDS[i.label]}",
+                f"#{i.rank:,}  {format_score(i.score)}  {TRUTH_WORDS[i.label]}",
             )
             for i in self.displayed
         ]
@@ -282,7 +283,7 @@ class BrowserApp:
         item = self.displayed[slot]
         picture, reason = decode_thumbnail(self.cache.voc_root / item.file, DETAIL_SIZE)
         rows = [
-            [name, f"{score:.4f}", TRUTH_WORDS[label]]
+            [name, format_score(score), TRUTH_WORDS[label]]
             for name, score, label in self.model.detail_rows(item.row)
         ]
         highlight = [(r, "yellow") for r, row in enumerate(rows) if row[0] == self.model.class_name]

@@ -15,10 +15,9 @@ from predictions import (
     PredictionsFormatError,
     RunNotFoundError,
     find_predictions_file,
+    images_root,
     load_predictions,
 )
-from vocdata.files import resolve_project_path
-from vocdata.splits import resolve_voc_root
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +40,6 @@ def has_display() -> bool:
     if sys.platform in ("win32", "darwin"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def images_root(predictions: Predictions, voc_root: str | None) -> Path:
-    """--voc-root, else the root the run used (stored relative), else the one setting."""
-    if voc_root:
-        return resolve_project_path(voc_root)
-    stored = predictions.provenance.get("voc_root")
-    if stored and resolve_project_path(stored).is_dir():
-        return resolve_project_path(stored)
-    return resolve_voc_root()
 
 
 def load_for_gui(predictions_arg: str | None, runs_dir: str) -> tuple[Predictions, Path]:

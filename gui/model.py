@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evaluation.metrics import UndefinedAPWarning, per_class_average_precision
-from evaluation.ranking import ranking_order
+from evaluation.ranking import format_score, ranking_order
 from evaluation.tailacc import tail_accuracy
 from predictions import Predictions
 from vocdata.splits import DifficultMode, targets_and_mask
@@ -187,7 +187,7 @@ class RankingModel:
 
         parts = [
             f"precision of the top {k:,}: {fmt(self.precision_at(k))}",
-            f"Tailacc at score {score:.3f}: {fmt(self.tailacc_at(score))}",
+            f"Tailacc at score {format_score(score)}: {fmt(self.tailacc_at(score))}",
         ]
         if self.lowest_first:
             seen = self.order()[k - 1 :]

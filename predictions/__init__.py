@@ -17,6 +17,7 @@ from predictions.runs import (
     DEFAULT_RUNS_DIR,
     RunNotFoundError,
     find_predictions_file,
+    images_root,
     resolve_run_dir,
     write_latest_pointer,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "PredictionsFormatError",
     "RunNotFoundError",
     "find_predictions_file",
+    "images_root",
     "load_predictions",
     "resolve_run_dir",
     "save_predictions",

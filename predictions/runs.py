@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from predictions.format import PREDICTIONS_FILENAME
+from predictions.format import PREDICTIONS_FILENAME, Predictions
 from vocdata.files import atomic_write, resolve_project_path
+from vocdata.splits import resolve_voc_root
 
 DEFAULT_RUNS_DIR = "runs"
 LATEST_POINTER = "latest"
@@ -67,3 +68,15 @@ def find_predictions_file(
             f"first validated epoch)."
         )
     return candidate
+
+
+def images_root(predictions: Predictions, voc_root: str | os.PathLike[str] | None = None) -> Path:
+    """The dataset root a predictions file's relative image names refer to: `voc_root` if
+    given, else the root the run used (stored relative in its provenance) if it exists here,
+    else the one dataset-root setting ($VOC_ROOT or the default)."""
+    if voc_root:
+        return resolve_project_path(voc_root)
+    stored = predictions.provenance.get("voc_root")
+    if stored and resolve_project_path(stored).is_dir():
+        return resolve_project_path(stored)
+    return resolve_voc_root()

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 
 import main_train
 from predictions import load_predictions
+from tests.voc_fixture import tiny_run_args
 from training.checkpoint import load_model
 from vocdata import read_split
 from vocdata.cache import open_or_build_cache
@@ -89,31 +90,7 @@ def test_validation_pixels_are_identical_with_and_without_cache(real_voc_root, t
 
 def test_cached_run_gives_the_predictions_of_the_uncached_path(tiny_voc, tmp_path):
     runs = tmp_path / "runs"
-    assert (
-        main_train.main(
-            [
-                "--voc-root",
-                str(tiny_voc.root),
-                "--runs-dir",
-                str(runs),
-                "--weights",
-                "none",
-                "--image-size",
-                "32",
-                "--batch-size",
-                "8",
-                "--workers",
-                "0",
-                "--no-progress",
-                "--no-download",
-                "--epochs",
-                "1",
-                "--cache-dir",
-                str(tmp_path / "cache"),
-            ]
-        )
-        == 0
-    )
+    assert main_train.main(tiny_run_args(tiny_voc.root, runs, "--epochs", "1")) == 0
     run_dir = runs / (runs / "latest").read_text().strip()
     assert list((tmp_path / "cache").glob("*.json"))
     saved = load_predictions(run_dir / "val_predictions.npz")

@@ -19,6 +19,7 @@ from evaluation.metrics import (
     per_class_average_precision,
 )
 from predictions import load_predictions
+from tests.voc_fixture import tiny_run_args
 from training.checkpoint import load_model
 from vocdata import read_split
 from vocdata.dataset import VocClassification
@@ -29,35 +30,12 @@ from vocdata.transforms import eval_transform
 @pytest.mark.slow
 def test_two_process_ddp_run_matches_a_single_process_evaluation(tiny_voc, tmp_path):
     runs = tmp_path / "runs"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    options = tiny_run_args(
+        tiny_voc.root, runs, "--batch-size", "4", "--epochs", "2", "--device", "cpu"
+    )
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "main_train.py",
-            "--voc-root",
-            str(tiny_voc.root),
-            "--runs-dir",
-            str(runs),
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--workers",
-            "0",
-            "--no-progress",
-            "--no-download",
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
+        [*torchrun, "main_train.py", *options],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from evaluation.metrics import (
     threshold_metrics,
     voc_average_precision,
 )
-from evaluation.ranking import ranking_order, top_and_bottom
+from evaluation.ranking import format_score, ranking_order, top_and_bottom
 from evaluation.tailacc import tail_accuracy, tail_thresholds, tailacc_curves
 from predictions import Predictions, save_predictions
 from vocdata import VOC_CLASSES, read_split
@@ -170,6 +170,19 @@ def test_mean_curve_is_monotone_for_perfect_rankings():
     curves = tailacc_curves(scores, labels, None, 15)
     assert (np.diff(curves.mean) >= -1e-12).all()
     assert curves.mean[-1] == pytest.approx(1.0)
+
+
+def test_scores_near_zero_and_one_stay_distinguishable():
+    assert [format_score(s) for s in (0.99991, 0.99979, 1.0, 0.5, 4e-4, 3.2e-5, 0.0)] == [
+        "1-9e-5",
+        "1-2e-4",
+        "1",
+        "0.500",
+        "4e-4",
+        "3e-5",
+        "0",
+    ]
+    assert format_score(0.9994) == "0.999" and format_score(0.0005) == "0.001"
 
 
 def test_ranking_is_descending_with_ties_in_file_order():

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import main_gui
+from evaluation.ranking import format_score
 from gui.launch import has_display, launch
 from predictions import Predictions, save_predictions
 from vocdata import VOC_CLASSES, read_split
@@ -105,7 +106,7 @@ def test_browse_real_images(display, real_voc_root, tmp_path):
         first = predictions.files.index(shown(app)[0])
         assert (
             caption(app, 0)
-            == f"#1  {predictions.scores[first, dog]:.3f}\n"
+            == f"#1  {format_score(predictions.scores[first, dog])}\n"
             + {1: "contains", 0: "difficult", -1: "absent"}[int(predictions.labels[first, dog])]
         )
         screenshot("02-dog-top.png")

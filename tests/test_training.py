@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 import main_train
 from predictions import load_predictions
+from tests.voc_fixture import tiny_run_args
 from training.backbones import (
     WeightsUnavailableError,
     create_imagenet_network,
@@ -33,17 +34,6 @@ from vocdata.files import PROJECT_ROOT
 from vocdata.transforms import eval_transform
 
 TIMING_KEYS = {"seconds", "train_seconds", "train_images_per_second", "peak_gpu_memory_mb"}
-
-
-def tiny_args(voc_root: Path, runs_dir: Path, *extra: str) -> list[str]:
-    """A fast run on the fixture; the image cache (on by default) goes beside the runs."""
-    return [
-        *("--voc-root", str(voc_root), "--runs-dir", str(runs_dir)),
-        *("--cache-dir", str(runs_dir.parent / "cache")),
-        *["--weights", "none", "--image-size", "32", "--batch-size", "8", "--workers", "0"],
-        *["--no-progress", "--no-download"],
-        *extra,
-    ]
 
 
 # -- loss and optimisation ---------------------------------------------------------------------
@@ -142,7 +132,7 @@ def test_foreign_names_load_by_position_only_when_every_shape_fits(tmp_path):
 def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
     runs = tmp_path / "runs"
     result = subprocess.run(
-        [sys.executable, "main_train.py", *tiny_args(tiny_voc.root, runs, "--epochs", "2")],
+        [sys.executable, "main_train.py", *tiny_run_args(tiny_voc.root, runs, "--epochs", "2")],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -203,11 +193,12 @@ def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
 def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path):
     runs = tmp_path / "runs"
     assert (
-        main_train.main(tiny_args(tiny_voc.root, runs, "--epochs", "2", "--run-name", "whole")) == 0
+        main_train.main(tiny_run_args(tiny_voc.root, runs, "--epochs", "2", "--run-name", "whole"))
+        == 0
     )
     assert (
         main_train.main(
-            tiny_args(
+            tiny_run_args(
                 tiny_voc.root, runs, "--epochs", "2", "--run-name", "halves", "--stop-after", "1"
             )
         )
@@ -249,20 +240,20 @@ def _run_failing(args: list[str], tmp_path: Path) -> str:
 
 def test_cli_errors_on_bad_input_are_clear(tiny_voc, tmp_path):
     missing_root = tmp_path / "absent" / "VOCdevkit" / "VOC2012"
-    stderr = _run_failing(tiny_args(missing_root, tmp_path / "runs"), tmp_path)
+    stderr = _run_failing(tiny_run_args(missing_root, tmp_path / "runs"), tmp_path)
     assert str(missing_root) in stderr and "--voc-root" in stderr
 
     missing_id, corrupt_id = tiny_voc.ids["val"][0], tiny_voc.ids["train"][5]
     tiny_voc.image_path(missing_id).unlink()
     tiny_voc.image_path(corrupt_id).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    stderr = _run_failing(tiny_args(tiny_voc.root, tmp_path / "runs"), tmp_path)
+    stderr = _run_failing(tiny_run_args(tiny_voc.root, tmp_path / "runs"), tmp_path)
     assert f"JPEGImages/{corrupt_id}.jpg: cannot decode" in stderr
     stderr = _run_failing(
-        tiny_args(tiny_voc.root, tmp_path / "runs", "--skip-bad-images", "--batch-size", "64"),
+        tiny_run_args(tiny_voc.root, tmp_path / "runs", "--skip-bad-images", "--batch-size", "64"),
         tmp_path,
     )
     assert "fewer than one batch" in stderr  # skipping happened, then the next check spoke
 
     (tiny_voc.root / "ImageSets" / "Main" / "unicorn_train.txt").write_text("x 1\n")
-    stderr = _run_failing(tiny_args(tiny_voc.root, tmp_path / "runs"), tmp_path)
+    stderr = _run_failing(tiny_run_args(tiny_voc.root, tmp_path / "runs"), tmp_path)
     assert "unicorn_train.txt" in stderr and "not one of the 20 VOC classes" in stderr

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.voc_fixture import tiny_run_args
 from training.backbones import create_imagenet_network
 from vocdata.files import PROJECT_ROOT
 from wsconv import (
@@ -230,28 +231,9 @@ def test_python_m_wsconv_writes_both_checks(imagenet_samples, tiny_voc, tmp_path
         shutil.copy(imagenet_samples / "images" / row["file"], small / "images" / row["file"])
     out = tmp_path / "out"
     common = [
-        "--imagenet",
-        str(small),
-        "--backbones",
-        "efficientnet_lite0",
-        "--out",
-        str(out),
-        "--arch",
-        "resnet18",
-        "--weights",
-        "none",
-        "--voc-root",
-        str(tiny_voc.root),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--no-progress",
-        "--no-download",
-        "--cache-dir",
-        str(tmp_path / "cache"),
+        *("--imagenet", str(small), "--backbones", "efficientnet_lite0", "--out", str(out)),
+        *("--arch", "resnet18", "--weights", "none"),
+        *tiny_run_args(tiny_voc.root, tmp_path / "runs"),
     ]
     result = subprocess.run(
         [sys.executable, "-m", "wsconv", *common, "--train", "A", "B", "--epochs", "3"],

@@ -75,3 +75,15 @@ def write_tiny_voc(root: Path, n_train: int = 24, n_val: int = 16, seed: int = 0
             lines = [f"{split_ids[k]} {labels[split][k, column]:2d}\n" for k in order]
             (main / f"{name}_{split}.txt").write_text("".join(lines))
     return TinyVoc(root=root, ids=ids, labels=labels)
+
+
+def tiny_run_args(voc_root: Path, runs_dir: Path, *extra: str) -> list[str]:
+    """main_train.py options for a fast run on the fixture; the image cache (on by default)
+    goes beside the runs, never into the project."""
+    return [
+        *("--voc-root", str(voc_root), "--runs-dir", str(runs_dir)),
+        *("--cache-dir", str(runs_dir.parent / "cache")),
+        *("--weights", "none", "--image-size", "32", "--batch-size", "8", "--workers", "0"),
+        *("--no-progress", "--no-download"),
+        *extra,
+    ]
