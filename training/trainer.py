@@ -162,6 +162,13 @@ class Trainer:
         self.context = init_distributed(
             use_cuda=config.device != "cpu" and torch.cuda.is_available()
         )
+        try:
+            self._build(config, model_hook)
+        except BaseException:
+            shutdown_distributed(self.context)  # bad input must not leave the group behind
+            raise
+
+    def _build(self, config: TrainConfig, model_hook: ModelHook | None) -> None:
         self.runtime = pick_runtime(config, self.context)
         _configure_determinism(config, self.runtime)
         seed_everything(derive_seed(config.seed, self.context.rank))
