@@ -9,7 +9,7 @@ import sys
 from evaluation.report import ReportInputError, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
 from predictions import DEFAULT_RUNS_DIR, PredictionsFormatError, RunNotFoundError, resolve_run_dir
-from vocdata.files import project_relative, resolve_project_path
+from vocdata.paths import project_relative, resolve_project_path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,8 @@ from evaluation.metrics import (
 )
 from evaluation.tailacc import tailacc_curves
 from predictions import PREDICTIONS_FILENAME, Predictions, images_root, load_predictions
-from vocdata.files import PROJECT_ROOT, atomic_write, project_relative
+from vocdata.atomic import atomic_write
+from vocdata.paths import PROJECT_ROOT, project_relative
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from gui.thumbnails import (
     tile,
     to_ppm,
 )
-from vocdata.files import atomic_write, project_relative
+from vocdata.atomic import atomic_write
+from vocdata.paths import project_relative
 
 log = logging.getLogger(__name__)
 

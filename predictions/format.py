@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vocdata.files import atomic_write
+from vocdata.atomic import atomic_write
 
 FORMAT_VERSION = 1
 PREDICTIONS_FILENAME = "val_predictions.npz"

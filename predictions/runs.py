@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from predictions.format import PREDICTIONS_FILENAME, Predictions
-from vocdata.files import atomic_write, resolve_project_path
+from vocdata.atomic import atomic_write
+from vocdata.paths import resolve_project_path
 from vocdata.splits import resolve_voc_root
 
 DEFAULT_RUNS_DIR = "runs"

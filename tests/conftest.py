@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.voc_fixture import TinyVoc, write_tiny_voc
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 REAL_VOC_ROOT = SHARED_DATA / "voc2012-subset" / "VOCdevkit" / "VOC2012"

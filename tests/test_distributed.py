@@ -23,7 +23,7 @@ from tests.voc_fixture import tiny_run_args
 from training.checkpoint import load_model
 from vocdata import read_split
 from vocdata.dataset import VocClassification
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 from vocdata.transforms import eval_transform
 
 

@@ -25,7 +25,7 @@ from evaluation.ranking import format_score, ranking_order, top_and_bottom
 from evaluation.tailacc import tail_accuracy, tail_thresholds, tailacc_curves
 from predictions import Predictions, save_predictions
 from vocdata import VOC_CLASSES, read_split
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 
 # -- references written here, independently of the implementation --------------------------
 

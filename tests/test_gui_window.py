@@ -21,7 +21,7 @@ from evaluation.ranking import format_score
 from gui.launch import has_display, launch
 from predictions import Predictions, save_predictions
 from vocdata import VOC_CLASSES, read_split
-from vocdata.files import PROJECT_ROOT, project_relative
+from vocdata.paths import PROJECT_ROOT, project_relative
 
 pytestmark = pytest.mark.gui
 ARTIFACTS = PROJECT_ROOT / "artifacts" / "gui"

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 
 
 def _tracked_python_files() -> list[str]:

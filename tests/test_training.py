@@ -30,7 +30,7 @@ from training.optim import build_optimizer, warmup_cosine
 from training.sampling import EpochSampler
 from vocdata import read_split
 from vocdata.dataset import VocClassification
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 from vocdata.transforms import eval_transform
 
 TIMING_KEYS = {"seconds", "train_seconds", "train_images_per_second", "peak_gpu_memory_mb"}

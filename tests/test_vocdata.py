@@ -13,8 +13,8 @@ from vocdata import VOC_CLASSES, read_split, resolve_voc_root
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.download import ensure_voc_root
 from vocdata.errors import ImageReadError, VocDataError, VocRootNotFoundError
-from vocdata.files import PROJECT_ROOT, project_relative
 from vocdata.images import open_rgb
+from vocdata.paths import PROJECT_ROOT, project_relative
 from vocdata.splits import targets_and_mask
 from vocdata.transforms import eval_transform, train_transform
 

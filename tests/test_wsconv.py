@@ -16,7 +16,7 @@ from torch import nn
 
 from tests.voc_fixture import tiny_run_args
 from training.backbones import create_imagenet_network
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 from wsconv import (
     ConversionError,
     WSConv2d,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from training.model import MultiLabelClassifier, build_classifier
-from vocdata.files import atomic_write
+from vocdata.atomic import atomic_write
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_MODEL = "model_best.pt"

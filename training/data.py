@@ -15,7 +15,7 @@ from training.seed import seed_worker
 from vocdata.cache import ImageCache, open_or_build_cache
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.errors import VocDataError
-from vocdata.files import resolve_project_path
+from vocdata.paths import resolve_project_path
 from vocdata.splits import VocSplit
 from vocdata.transforms import eval_resize_size, eval_transform, train_transform
 

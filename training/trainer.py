@@ -54,9 +54,10 @@ from training.loop import Runtime, predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
 from training.seed import derive_seed, seed_everything
+from vocdata.atomic import atomic_write
 from vocdata.classes import VOC_CLASSES
 from vocdata.download import ensure_voc_root
-from vocdata.files import atomic_write, project_relative, resolve_project_path
+from vocdata.paths import project_relative, resolve_project_path
 from vocdata.splits import resolve_voc_root
 
 log = logging.getLogger("training")

@@ -4,9 +4,10 @@ Importing the package itself stays light (no torch): `evaluation/` and `gui/` us
 names and path helpers without paying for torch. The torch Dataset lives in `vocdata.dataset`.
 """
 
+from vocdata.atomic import atomic_write
 from vocdata.classes import NUM_CLASSES, VOC_CLASSES
 from vocdata.errors import ImageReadError, VocDataError, VocRootNotFoundError
-from vocdata.files import PROJECT_ROOT, atomic_write, project_relative, resolve_project_path
+from vocdata.paths import PROJECT_ROOT, project_relative, resolve_project_path
 from vocdata.splits import DifficultMode, VocSplit, read_split, resolve_voc_root
 
 __all__ = [

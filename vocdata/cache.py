@@ -28,7 +28,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from vocdata.files import atomic_write
+from vocdata.atomic import atomic_write
 from vocdata.images import open_rgb
 
 log = logging.getLogger(__name__)

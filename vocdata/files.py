@@ -1,59 +1,10 @@
-"""File conventions shared by every package: project-relative paths and atomic writes.
+"""Compatibility re-export: the helpers now live in `vocdata.paths` and `vocdata.atomic`.
 
-They live in `vocdata` because it is the one package all others already depend on
-(data flows vocdata -> training -> predictions -> evaluation / gui).
+Kept so that code written against the old name keeps importing; new code imports from the
+module that says what the helper is.
 """
 
-from __future__ import annotations
+from vocdata.atomic import atomic_write
+from vocdata.paths import PROJECT_ROOT, project_relative, resolve_project_path
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
-PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
-
-
-def resolve_project_path(path: str | os.PathLike[str]) -> Path:
-    """Absolute path for `path`; a relative path is taken relative to the project root.
-
-    Resolving against the project root (not the current directory) makes every default work
-    the same whichever directory the user starts a program from.
-    """
-    candidate = Path(path).expanduser()
-    if not candidate.is_absolute():
-        candidate = PROJECT_ROOT / candidate
-    return Path(os.path.normpath(candidate))
-
-
-def project_relative(path: str | os.PathLike[str]) -> str:
-    """`path` written relative to the project root, with forward slashes, for storing in files.
-
-    Paths on another drive (Windows) cannot be made relative; they are returned unchanged.
-    """
-    absolute = resolve_project_path(path)
-    try:
-        relative = os.path.relpath(absolute, PROJECT_ROOT)
-    except ValueError:
-        return absolute.as_posix()
-    return Path(relative).as_posix()
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
-
-    A crash, Ctrl-C or exception while writing never leaves a half-written `path` behind:
-    readers see either the old complete file or the new complete one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp_name)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+__all__ = ["PROJECT_ROOT", "atomic_write", "project_relative", "resolve_project_path"]

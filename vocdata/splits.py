@@ -17,7 +17,7 @@ import numpy as np
 
 from vocdata.classes import VOC_CLASSES
 from vocdata.errors import VocDataError, VocRootNotFoundError
-from vocdata.files import resolve_project_path
+from vocdata.paths import resolve_project_path
 
 DEFAULT_VOC_ROOT = "data/VOCdevkit/VOC2012"
 VOC_ROOT_ENV = "VOC_ROOT"

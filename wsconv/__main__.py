@@ -21,8 +21,9 @@ from predictions import RunNotFoundError
 from training.backbones import WeightsUnavailableError, create_imagenet_network
 from training.config import build_parser as trainer_parser
 from training.config import config_from_argv
+from vocdata.atomic import atomic_write
 from vocdata.errors import VocDataError
-from vocdata.files import atomic_write, project_relative, resolve_project_path
+from vocdata.paths import project_relative, resolve_project_path
 from wsconv.imagenet_check import DEFAULT_IMAGENET_SAMPLES, format_check_table, prediction_check
 from wsconv.layers import WS_EPS
 from wsconv.train_check import (

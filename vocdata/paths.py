@@ -1,0 +1,38 @@
+"""Project-relative paths: where the project lives, and how paths are resolved and stored.
+
+Ground floor of the house (no dependency on any other package of the project), so every
+package resolves and writes paths the same way: relative to the project root, never to the
+current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+
+
+def resolve_project_path(path: str | os.PathLike[str]) -> Path:
+    """Absolute path for `path`; a relative path is taken relative to the project root.
+
+    Resolving against the project root (not the current directory) makes every default work
+    the same whichever directory the user starts a program from.
+    """
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        candidate = PROJECT_ROOT / candidate
+    return Path(os.path.normpath(candidate))
+
+
+def project_relative(path: str | os.PathLike[str]) -> str:
+    """`path` written relative to the project root, with forward slashes, for storing in files.
+
+    Paths on another drive (Windows) cannot be made relative; they are returned unchanged.
+    """
+    absolute = resolve_project_path(path)
+    try:
+        relative = os.path.relpath(absolute, PROJECT_ROOT)
+    except ValueError:
+        return absolute.as_posix()
+    return Path(relative).as_posix()
