@@ -8,7 +8,8 @@ import sys
 
 from evaluation.report import ReportInputError, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
-from predictions import DEFAULT_RUNS_DIR, PredictionsFormatError, RunNotFoundError, resolve_run_dir
+from predictions import PredictionsFormatError, RunNotFoundError, resolve_run_dir
+from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import project_relative, resolve_project_path
 
 
@@ -23,16 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--run", default="latest", help="run folder, its name under --runs-dir, or 'latest'"
     )
-    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where runs live")
+    add_runs_dir_option(parser)
     parser.add_argument(
         "--predictions", default=None, help="predictions file to evaluate instead of the run's own"
     )
-    parser.add_argument(
-        "--voc-root",
-        default=None,
-        help="dataset root for the image grids (default: the one the run "
-        "used, else $VOC_ROOT, else data/VOCdevkit/VOC2012)",
-    )
+    add_voc_root_option(parser, of_run=True)
     parser.add_argument(
         "--classes",
         default=None,

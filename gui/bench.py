@@ -15,6 +15,8 @@ STARTED = time.perf_counter()
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 
+from vocdata.options import add_runs_dir_option, add_voc_root_option  # noqa: E402
+
 
 def _summary(name: str, values: list[float]) -> str:
     if not values:
@@ -56,15 +58,15 @@ def _model_timings(num_images: int = 5823, repeats: int = 20) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gui.bench", description=__doc__)
     parser.add_argument("--predictions", default=None, help="default: the latest run")
-    parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--voc-root", default=None)
+    add_runs_dir_option(parser)
+    add_voc_root_option(parser, of_run=True)
     parser.add_argument("--pages", type=int, default=10, help="pages per measurement")
     args = parser.parse_args(argv)
 
-    import main_gui
     from gui.launch import LaunchError, launch
+    from gui.options import build_parser
 
-    gui_args = main_gui.build_parser().parse_args(
+    gui_args = build_parser().parse_args(
         ["--runs-dir", args.runs_dir]
         + (["--predictions", args.predictions] if args.predictions else [])
         + (["--voc-root", args.voc_root] if args.voc_root else [])

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from predictions.format import PREDICTIONS_FILENAME, Predictions
 from vocdata.atomic import atomic_write
-from vocdata.paths import resolve_project_path
+from vocdata.paths import DEFAULT_RUNS_DIR, resolve_project_path
 from vocdata.splits import resolve_voc_root
 
-DEFAULT_RUNS_DIR = "runs"
 LATEST_POINTER = "latest"
 
 

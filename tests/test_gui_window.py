@@ -16,9 +16,9 @@ import PySimpleGUI as sg
 import pytest
 from PIL import Image
 
-import main_gui
 from evaluation.ranking import format_score
 from gui.launch import has_display, launch
+from gui.options import build_parser
 from predictions import Predictions, save_predictions
 from vocdata import VOC_CLASSES, read_split
 from vocdata.paths import PROJECT_ROOT, project_relative
@@ -59,7 +59,7 @@ def write_run(run_dir: Path, voc_root: Path, seed: int = 0) -> Predictions:
 
 
 def open_app(predictions_file: Path, *extra: str):
-    args = main_gui.build_parser().parse_args(["--predictions", str(predictions_file), *extra])
+    args = build_parser().parse_args(["--predictions", str(predictions_file), *extra])
     app = launch(args, started=time.perf_counter())
     app.pump()
     return app

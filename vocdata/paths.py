@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+DEFAULT_RUNS_DIR = "runs"  # where run folders go, relative to the project root
 
 
 def resolve_project_path(path: str | os.PathLike[str]) -> Path:
