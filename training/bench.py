@@ -24,15 +24,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from training.backbones import create_imagenet_network, get_backbone
+from training.backbones import BACKBONES, create_imagenet_network, get_backbone
 from training.config import TrainConfig
-from training.data import build_run_data
 from training.distributed import DistContext
-from training.loop import Runtime, predict, train_one_epoch
-from training.loss import masked_bce_with_logits
-from training.model import build_classifier
-from training.optim import build_optimizer, build_scheduler
-from training.trainer import pick_runtime
+from training.loop import Runtime, StepTimes, predict, train_one_epoch
+from training.trainer import (
+    TrainingParts,
+    build_training_parts,
+    configure_determinism,
+    pick_runtime,
+)
+from vocdata.classes import NUM_CLASSES
+from vocdata.options import (
+    add_arch_option,
+    add_cache_dir_option,
+    add_device_option,
+    add_voc_root_option,
+)
 from vocdata.splits import VocSplit, read_split, resolve_voc_root
 
 
@@ -130,7 +138,7 @@ def measure_course_loop(
     )
     network = create_imagenet_network(arch, weights)
     head = getattr(network, spec.head_name)
-    setattr(network, spec.head_name, nn.Linear(head.in_features, 20))
+    setattr(network, spec.head_name, nn.Linear(head.in_features, NUM_CLASSES))
     model = network.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     criterion = nn.BCEWithLogitsLoss()
@@ -181,47 +189,31 @@ def measure_course_loop(
 
 @dataclass
 class OurSetup:
+    """Our pipeline as the trainer builds it (`build_training_parts`), plus the compiled or
+    plain module the steps run through."""
+
     config: TrainConfig
     runtime: Runtime
+    parts: TrainingParts
     model: nn.Module
-    data: object
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
 
 
 def our_setup(config: TrainConfig, voc_root: Path) -> OurSetup:
     context = DistContext()
     runtime = pick_runtime(config, context)
-    if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    data = build_run_data(config, voc_root, context, pin_memory=runtime.device.type == "cuda")
-    model = build_classifier(config.arch, 20, config.weights)
-    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-    model.to(runtime.device, memory_format=memory_format)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, len(data.train_loader))
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    if config.compile:
-        model = torch.compile(model)
-    return OurSetup(config, runtime, model, data, optimizer, scheduler, scaler)
+    configure_determinism(config, runtime)
+    parts = build_training_parts(config, runtime, context, voc_root)
+    model = torch.compile(parts.model) if config.compile else parts.model
+    return OurSetup(config, runtime, parts, model)
 
 
 def measure_our_pipeline(
     setup: OurSetup, name: str, warmup: int, batches: int | None
 ) -> Measurement:
-    device, data = setup.runtime.device, setup.data
+    device, data = setup.runtime.device, setup.parts.data
 
     def train(batches_) -> int:
-        return train_one_epoch(
-            setup.model,
-            batches_,
-            setup.optimizer,
-            setup.scheduler,
-            setup.scaler,
-            setup.runtime,
-            progress=False,
-        )[1]
+        return _train(setup, batches_)
 
     def evaluate(batches_) -> int:
         return len(predict(setup.model, batches_, setup.runtime, progress=False).indices)
@@ -246,50 +238,37 @@ def measure_our_pipeline(
     return result
 
 
+def _train(setup: OurSetup, batches: Iterable, step_times: StepTimes | None = None) -> int:
+    """The trainer's own training loop over `batches`; returns the images seen."""
+    parts = setup.parts
+    return train_one_epoch(
+        setup.model,
+        batches,
+        parts.optimizer,
+        parts.scheduler,
+        parts.scaler,
+        setup.runtime,
+        progress=False,
+        step_times=step_times,
+    )[1]
+
+
 def breakdown(setup: OurSetup, batches: int | None) -> dict[str, float]:
     """Milliseconds per training step spent waiting for data, in forward+backward and in the
-    optimizer (each phase synchronised, so the sum is a little above the real step), and the
-    seconds of one validation pass (extrapolated from `batches` batches when given)."""
-    runtime, model = setup.runtime, setup.model
-    device = runtime.device
-    totals = {"data wait": 0.0, "forward+backward": 0.0, "optimizer": 0.0}
-    model.train()
-    iterator = iter(setup.data.train_loader)
-    steps = 0
-    for _ in itertools.islice(itertools.count(), batches or len(setup.data.train_loader)):
-        started = time.perf_counter()
-        try:
-            images, targets, mask, _ = next(iterator)
-        except StopIteration:
-            break
-        images = runtime.images_to_device(images)
-        targets, mask = targets.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        _sync(device)
-        loaded = time.perf_counter()
-        with runtime.autocast():
-            logits = model(images)
-        loss = masked_bce_with_logits(logits, targets, mask)
-        setup.optimizer.zero_grad(set_to_none=True)
-        setup.scaler.scale(loss).backward()
-        _sync(device)
-        computed = time.perf_counter()
-        setup.scaler.step(setup.optimizer)
-        setup.scaler.update()
-        setup.scheduler.step()
-        _sync(device)
-        stepped = time.perf_counter()
-        totals["data wait"] += loaded - started
-        totals["forward+backward"] += computed - loaded
-        totals["optimizer"] += stepped - computed
-        steps += 1
-    result = {key: 1000 * value / max(steps, 1) for key, value in totals.items()}
-    val_loader = setup.data.val_loader
-    val_batches = itertools.islice(val_loader, batches) if batches else val_loader
+    optimizer, timed inside the trainer's own loop (each phase synchronised, so the sum is a
+    little above the real step), and the seconds of one validation pass (extrapolated from
+    `batches` batches when given)."""
+    data, runtime = setup.parts.data, setup.runtime
+    step_times = StepTimes()
+    train_batches = itertools.islice(data.train_loader, batches) if batches else data.train_loader
+    _train(setup, train_batches, step_times)
+    result = step_times.milliseconds_per_step()
+    val_batches = itertools.islice(data.val_loader, batches) if batches else data.val_loader
     started = time.perf_counter()
-    predicted = len(predict(model, val_batches, runtime, progress=False).indices)
-    _sync(device)
+    predicted = len(predict(setup.model, val_batches, runtime, progress=False).indices)
+    _sync(runtime.device)
     seconds = time.perf_counter() - started
-    result["validation pass (s)"] = seconds * len(setup.data.val_split) / max(predicted, 1)
+    result["validation pass (s)"] = seconds * len(data.val_split) / max(predicted, 1)
     return result
 
 
@@ -320,20 +299,21 @@ def format_table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Options of the benchmark; the shared ones are spelled as in main_train.py."""
     parser = argparse.ArgumentParser(
         prog="python -m training.bench",
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--voc-root", default=None, help="as main_train.py")
-    parser.add_argument("--arch", default="resnet18", choices=["resnet18", "efficientnet_lite0"])
+    add_voc_root_option(parser)
+    add_arch_option(parser, BACKBONES, TrainConfig.arch)
     parser.add_argument(
         "--weights",
         default="none",
         help="speed does not depend on the weights; 'none' works offline",
     )
-    parser.add_argument("--device", default="auto")
+    add_device_option(parser)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument(
         "--batches",
@@ -343,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=3, help="batches before timing")
     parser.add_argument("--workers", type=int, default=-1, help="our loader processes")
-    parser.add_argument("--cache-dir", default="cache", help="our image cache ('' for none)")
+    add_cache_dir_option(parser)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument(
         "--cudnn-benchmark",
@@ -353,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         "warm-up, so this shows the steady state",
     )
     parser.add_argument("--skip-baseline", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     voc_root = resolve_voc_root(args.voc_root)
     base = TrainConfig(
@@ -363,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         image_size=args.image_size,
         workers=args.workers,
-        cache_dir=args.cache_dir or None,
+        cache_dir=args.cache_dir,
         progress=False,
         cudnn_benchmark=args.cudnn_benchmark,
     )

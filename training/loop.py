@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +37,33 @@ class Runtime:
         return images
 
 
+@dataclass
+class StepTimes:
+    """Where the training steps' time goes, filled in by `train_one_epoch` when passed one.
+
+    Each phase boundary synchronises the device so that the time of queued GPU work lands in
+    the phase that queued it; that costs a little, so it is for measuring (`python -m
+    training.bench`), never for training runs. Phases: "data wait" (the loader's next batch
+    and its copy to the device), "forward+backward", "optimizer" (step, scaler, scheduler).
+    """
+
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("data wait", "forward+backward", "optimizer"), 0.0)
+    )
+    steps: int = 0
+
+    def lap(self, phase: str, since: float, device: torch.device) -> float:
+        """Add the time from `since` to now (device synchronised) to `phase`; return now."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        self.seconds[phase] += now - since
+        return now
+
+    def milliseconds_per_step(self) -> dict[str, float]:
+        return {phase: 1000 * total / max(self.steps, 1) for phase, total in self.seconds.items()}
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -45,24 +73,36 @@ def train_one_epoch(
     runtime: Runtime,
     progress: bool = True,
     description: str = "train",
+    step_times: StepTimes | None = None,
 ) -> tuple[float, int]:
-    """Train for one pass over `loader`; returns (sum of batch-mean losses x batch size, images)."""
+    """Train for one pass over `loader`; returns (sum of batch-mean losses x batch size, images).
+
+    With `step_times`, also time each phase of every step into it (see `StepTimes`).
+    """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     images_seen = 0
     bar = tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch")
+    mark = time.perf_counter()
     for step, (images, targets, mask, _) in enumerate(bar, start=1):
         images = runtime.images_to_device(images)
         targets = targets.to(runtime.device, non_blocking=True)
         mask = mask.to(runtime.device, non_blocking=True)
+        if step_times is not None:
+            mark = step_times.lap("data wait", mark, runtime.device)
         with runtime.autocast():
             logits = model(images)
         loss = masked_bce_with_logits(logits, targets, mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if step_times is not None:
+            mark = step_times.lap("forward+backward", mark, runtime.device)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if step_times is not None:
+            mark = step_times.lap("optimizer", mark, runtime.device)
+            step_times.steps += 1
         loss_sum += loss.detach() * images.shape[0]
         images_seen += images.shape[0]
         if progress and step % POSTFIX_EVERY == 0:

@@ -98,7 +98,39 @@ def pick_runtime(config: TrainConfig, context: DistContext) -> Runtime:
     return Runtime(device=device, amp_dtype=amp_dtype, channels_last=channels_last)
 
 
-def _configure_determinism(config: TrainConfig, runtime: Runtime) -> None:
+@dataclass
+class TrainingParts:
+    """What one training process trains with; built by `build_training_parts` for the trainer
+    and for `python -m training.bench` alike, so the benchmark measures what training runs."""
+
+    data: RunData
+    model: MultiLabelClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def build_training_parts(
+    config: TrainConfig,
+    runtime: Runtime,
+    context: DistContext,
+    voc_root: Path,
+    model_hook: ModelHook | None = None,
+) -> TrainingParts:
+    """Loaders, model (on the device, in its memory layout), optimizer, scheduler, scaler."""
+    data = build_run_data(config, voc_root, context, pin_memory=runtime.device.type == "cuda")
+    model = build_classifier(config.arch, len(VOC_CLASSES), config.weights)
+    if model_hook is not None:
+        model = model_hook(model)
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    model.to(runtime.device, memory_format=memory_format)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, len(data.train_loader))
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    return TrainingParts(data, model, optimizer, scheduler, scaler)
+
+
+def configure_determinism(config: TrainConfig, runtime: Runtime) -> None:
     if runtime.device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark and not config.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -171,29 +203,17 @@ class Trainer:
 
     def _build(self, config: TrainConfig, model_hook: ModelHook | None) -> None:
         self.runtime = pick_runtime(config, self.context)
-        _configure_determinism(config, self.runtime)
+        configure_determinism(config, self.runtime)
         seed_everything(derive_seed(config.seed, self.context.rank))
 
         voc_root = resolve_voc_root(config.voc_root)
         if self.context.is_main:
             ensure_voc_root(voc_root, download=config.download)
         barrier(self.context)
-        self.data: RunData = build_run_data(
-            config, voc_root, self.context, pin_memory=self.runtime.device.type == "cuda"
-        )
-
-        self.model: MultiLabelClassifier = build_classifier(
-            config.arch, len(VOC_CLASSES), config.weights
-        )
-        if model_hook is not None:
-            self.model = model_hook(self.model)
-        memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
-        self.model.to(self.runtime.device, memory_format=memory_format)
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = build_scheduler(self.optimizer, config, len(self.data.train_loader))
-        self.scaler = torch.amp.GradScaler(
-            self.runtime.device.type, enabled=self.runtime.amp_dtype == torch.float16
-        )
+        parts = build_training_parts(config, self.runtime, self.context, voc_root, model_hook)
+        self.data: RunData = parts.data
+        self.model: MultiLabelClassifier = parts.model
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
         self.state = TrainState()
 
         if config.resume:
