@@ -15,7 +15,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from predictions.runs import DEFAULT_RUNS_DIR, resolve_run_dir
-from vocdata.splits import DEFAULT_VOC_ROOT, VOC_ROOT_ENV, DifficultMode
+from training.backbones import BACKBONES
+from vocdata.options import (
+    add_arch_option,
+    add_cache_dir_option,
+    add_device_option,
+    add_runs_dir_option,
+    add_voc_root_option,
+    none_or_value,
+)
+from vocdata.splits import DifficultMode
 
 CONFIG_FILENAME = "config.json"
 
@@ -66,8 +75,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             self.workers = default_workers()
-        if self.cache_dir in ("", "none"):
-            self.cache_dir = None
+        self.cache_dir = none_or_value(self.cache_dir)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -79,12 +87,8 @@ class TrainConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The command-line interface of `main_train.py`.
-
-    With `suppress_defaults`, options that are not given stay absent from the namespace: used
-    to find which options the user typed when resuming.
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of `main_train.py`: every option has a default."""
     d = TrainConfig(workers=0)
     parser = argparse.ArgumentParser(
         prog="main_train.py",
@@ -92,37 +96,27 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         "transfer learning). With no arguments: ResNet-18, the default recipe, a new run "
         "folder under runs/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        argument_default=argparse.SUPPRESS if suppress_defaults else None,
     )
-
-    def default(value):
-        return argparse.SUPPRESS if suppress_defaults else value
 
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--voc-root",
-        default=default(d.voc_root),
-        help=f"folder holding ImageSets/ and JPEGImages/; relative paths are taken "
-        f"from the project root. Default: ${VOC_ROOT_ENV} if set, else "
-        f"{DEFAULT_VOC_ROOT}",
-    )
+    add_voc_root_option(data)
     data.add_argument(
         "--download",
         action=argparse.BooleanOptionalAction,
-        default=default(d.download),
+        default=d.download,
         help="download VOC2012 trainval (2 GB, md5-checked) if the root is missing",
     )
     data.add_argument(
         "--skip-bad-images",
         action=argparse.BooleanOptionalAction,
-        default=default(d.skip_bad_images),
+        default=d.skip_bad_images,
         help="test-decode every image first and leave out missing or corrupt "
         "ones (counted and logged) instead of stopping with an error",
     )
     data.add_argument(
         "--difficult",
         choices=[m.value for m in DifficultMode],
-        default=default(d.difficult),
+        default=d.difficult,
         help="label 0 (only difficult objects of a class): 'ignore' leaves it out "
         "of that class's loss and AP (VOC protocol); 'positive'/'negative' count "
         "it as present/absent",
@@ -130,99 +124,90 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     data.add_argument(
         "--image-size",
         type=int,
-        default=default(d.image_size),
+        default=d.image_size,
         help="side of the square training and validation crops, in pixels",
     )
 
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--arch",
-        choices=["resnet18", "efficientnet_lite0"],
-        default=default(d.arch),
-        help="backbone (see training/backbones.py)",
-    )
+    add_arch_option(model, BACKBONES, d.arch)
     model.add_argument(
         "--weights",
-        default=default(d.weights),
+        default=d.weights,
         help="'imagenet' (download via torchvision for resnet18; shipped by the "
         "pip package for efficientnet_lite0), a path to a local ImageNet state "
         "dict, or 'none' for random initialisation",
     )
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=default(d.epochs), help="training epochs")
+    optim.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     optim.add_argument(
         "--batch-size",
         type=int,
-        default=default(d.batch_size),
+        default=d.batch_size,
         help="images per step (per process under torchrun)",
     )
     optim.add_argument(
         "--optimizer",
         choices=["adamw", "sgd"],
-        default=default(d.optimizer),
+        default=d.optimizer,
         help="AdamW, or SGD with Nesterov momentum 0.9",
     )
     optim.add_argument(
         "--lr-head",
         type=float,
-        default=default(d.lr_head),
+        default=d.lr_head,
         help="peak learning rate of the new 20-output layer",
     )
     optim.add_argument(
         "--lr-backbone",
         type=float,
-        default=default(d.lr_backbone),
+        default=d.lr_backbone,
         help="peak learning rate of the pretrained backbone (lower: it only needs adjusting)",
     )
     optim.add_argument(
         "--weight-decay",
         type=float,
-        default=default(d.weight_decay),
+        default=d.weight_decay,
         help="decoupled weight decay (not applied to biases and norm layers)",
     )
     optim.add_argument(
         "--warmup-epochs",
         type=float,
-        default=default(d.warmup_epochs),
+        default=d.warmup_epochs,
         help="linear warm-up before the cosine decay, in epochs",
     )
 
     machine = parser.add_argument_group("machine")
-    machine.add_argument(
-        "--device",
-        default=default(d.device),
-        help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'",
-    )
+    add_device_option(machine, d.device)
     machine.add_argument(
         "--workers",
         type=int,
-        default=default(-1),
+        default=-1,
         help="data-loading processes (-1: one per core, at most 8; 0: load in the main process)",
     )
     machine.add_argument(
         "--amp",
         choices=["auto", "bf16", "fp16", "off"],
-        default=default(d.amp),
+        default=d.amp,
         help="mixed precision on CUDA: auto = bf16 where supported, else fp16 "
         "with loss scaling; always off on the CPU",
     )
     machine.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        default=default(d.channels_last),
+        default=d.channels_last,
         help="NHWC memory layout on CUDA (faster convolutions)",
     )
     machine.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=default(d.compile),
+        default=d.compile,
         help="torch.compile the model",
     )
     machine.add_argument(
         "--cudnn-benchmark",
         action=argparse.BooleanOptionalAction,
-        default=default(d.cudnn_benchmark),
+        default=d.cudnn_benchmark,
         help="let cuDNN time its algorithms for every layer shape and keep the fastest. Off by "
         "default: measured on an H100 with EfficientNet-Lite0 it adds ~15 s to the first epoch "
         "and saves ~0.2 s per later epoch, so it pays off only for long runs",
@@ -230,37 +215,27 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     machine.add_argument(
         "--deterministic",
         action=argparse.BooleanOptionalAction,
-        default=default(d.deterministic),
+        default=d.deterministic,
         help="deterministic kernels only (slower on CUDA; CPU runs are reproducible anyway)",
     )
-    machine.add_argument(
-        "--cache-dir",
-        default=default(d.cache_dir),
-        help="folder (relative to the project root) for a one-time cache of the images decoded "
-        "and resized to the evaluation scale, reused by every later epoch and run and rebuilt "
-        "when the images change; about 3 GB for full VOC 2012; 'none' to decode every time",
-    )
+    add_cache_dir_option(machine, d.cache_dir)
 
     book = parser.add_argument_group("bookkeeping")
     book.add_argument(
         "--seed",
         type=int,
-        default=default(d.seed),
+        default=d.seed,
         help="seed of python, numpy, torch, the data order and augmentation",
     )
-    book.add_argument(
-        "--runs-dir",
-        default=default(d.runs_dir),
-        help="where run folders and the 'latest' pointer go",
-    )
+    add_runs_dir_option(book)
     book.add_argument(
         "--run-name",
-        default=default(d.run_name),
+        default=d.run_name,
         help="run folder name (default: <date>-<time>-<arch>)",
     )
     book.add_argument(
         "--resume",
-        default=default(d.resume),
+        default=d.resume,
         metavar="RUN",
         help="continue an interrupted run exactly: a run folder, its name under "
         "--runs-dir, or 'latest'; its saved config is used, options given again "
@@ -269,7 +244,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     book.add_argument(
         "--stop-after",
         type=int,
-        default=default(d.stop_after),
+        default=d.stop_after,
         metavar="N",
         help="stop cleanly after N epochs of this session (time-boxed jobs); "
         "continue later with --resume",
@@ -277,27 +252,40 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     book.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=default(d.progress),
+        default=d.progress,
         help="progress bars",
     )
     return parser
 
 
+def _resume_target(argv: Sequence[str] | None) -> tuple[str | None, str]:
+    """--resume and --runs-dir alone, read before the full parse (the rest is ignored here)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--resume", default=None)
+    add_runs_dir_option(first)
+    known, _ = first.parse_known_args(argv)
+    return known.resume, known.runs_dir
+
+
 def config_from_argv(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse the command line into a TrainConfig; with --resume, start from the saved config."""
-    args = build_parser().parse_args(argv)
-    if args.resume is None:
-        return TrainConfig(**vars(args))
-    run_dir = resolve_run_dir(args.resume, args.runs_dir)
-    saved = run_dir / CONFIG_FILENAME
-    if not saved.is_file():
-        raise FileNotFoundError(f"Cannot resume {run_dir}: it has no {CONFIG_FILENAME}.")
-    config = TrainConfig.from_json_file(saved)
-    explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
-    for key, value in explicit.items():
-        setattr(config, key, value)
-    config.resume = str(run_dir)
-    config.run_name = run_dir.name
-    if config.workers < 0:
-        config.workers = default_workers()
+    """Parse the command line into a TrainConfig, once.
+
+    With --resume, the saved config becomes the parser's defaults (`parser.set_defaults`), so
+    the one parse yields the saved run with only the options given again overriding it.
+    """
+    parser = build_parser()
+    resume, runs_dir = _resume_target(argv)
+    run_dir = None
+    if resume is not None:
+        run_dir = resolve_run_dir(resume, runs_dir)
+        saved = run_dir / CONFIG_FILENAME
+        if not saved.is_file():
+            raise FileNotFoundError(f"Cannot resume {run_dir}: it has no {CONFIG_FILENAME}.")
+        parser.set_defaults(**asdict(TrainConfig.from_json_file(saved)))
+    config = TrainConfig(**vars(parser.parse_args(argv)))
+    if run_dir is not None:
+        config.resume = str(run_dir)
+        config.run_name = run_dir.name
+    # TrainConfig.validate() (option values: choices, ranges, a readable --weights file) is
+    # called here once it exists, so a bad option fails before any image is read.
     return config
