@@ -13,6 +13,23 @@ from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import project_relative, resolve_project_path
 
 
+def _count_in(low: int, high: int | None):
+    """An argparse type: a whole number from `low` to `high` (None: no upper limit), so a bad
+    value is a usage error (exit 2) before any work starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            limit = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation",
@@ -35,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated classes for the image grids (default: 3 classes "
         "with positives, drawn with --seed)",
     )
-    parser.add_argument("--k", type=int, default=10, help="images per grid (top-k and bottom-k)")
+    parser.add_argument(
+        "--k", type=_count_in(1, None), default=10, help="images per grid (top-k and bottom-k)"
+    )
     parser.add_argument(
         "--thresholds",
-        type=int,
+        type=_count_in(MIN_THRESHOLDS, MAX_THRESHOLDS),
         default=DEFAULT_NUM_THRESHOLDS,
         help=f"Tailacc thresholds per class ({MIN_THRESHOLDS}-{MAX_THRESHOLDS})",
     )
@@ -72,13 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             difficult=args.difficult,
         )
-    except (
-        ReportInputError,
-        PredictionsFormatError,
-        RunNotFoundError,
-        KeyError,
-        ValueError,
-    ) as error:
+    except (ReportInputError, PredictionsFormatError, RunNotFoundError) as error:
+        # Only the errors that describe the user's input; anything else is a bug and keeps
+        # its traceback.
         logging.getLogger("evaluation").error("%s", error.args[0] if error.args else error)
         return 2
     print(

@@ -103,7 +103,10 @@ def pick_grid_classes(
     """The requested classes, else `count` classes with a positive, drawn with a fixed seed."""
     if requested:
         for name in requested:
-            predictions.class_index(name)  # raises with the known names
+            try:
+                predictions.class_index(name)
+            except KeyError as error:  # its message names the known classes
+                raise ReportInputError(error.args[0]) from None
         return list(requested)
     candidates = [
         name

@@ -352,3 +352,22 @@ def test_report_bad_inputs_are_clear(tiny_voc, tmp_path, caplog, capsys):
     assert (good / "report" / "report.pdf").is_file()
     assert evaluation_main(["--run", str(good), "--classes", "unicorn"]) == 2
     assert "unknown class 'unicorn'" in caplog.text
+
+
+def test_report_option_values_out_of_range_are_usage_errors(capsys):
+    for argv in (["--thresholds", "3"], ["--thresholds", "21"], ["--k", "0"], ["--k", "ten"]):
+        with pytest.raises(SystemExit) as info:
+            evaluation_main(argv)
+        assert info.value.code == 2, argv
+    assert "must be from 10 to 20, got 3" in capsys.readouterr().err
+
+
+def test_a_programming_error_in_the_report_is_not_hidden(tiny_voc, tmp_path, monkeypatch):
+    make_run(tmp_path / "run", read_split(tiny_voc.root, "val"))
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not a bad input")
+
+    monkeypatch.setattr("evaluation.__main__.write_report", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        evaluation_main(["--run", str(tmp_path / "run")])
