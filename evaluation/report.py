@@ -33,8 +33,9 @@ from evaluation.metrics import (
 )
 from evaluation.tailacc import tailacc_curves
 from predictions import PREDICTIONS_FILENAME, Predictions, images_root, load_predictions
+from predictions.runs import CONFIG_FILENAME, HISTORY_FILENAME, RUN_PROVENANCE_FILENAME
 from vocdata.atomic import atomic_write
-from vocdata.paths import PROJECT_ROOT, project_relative
+from vocdata.paths import project_relative
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,11 @@ class ReportInputs:
     predictions: Predictions
     history: list[dict[str, Any]]
     config: dict[str, Any] | None
+    produced_by: dict[str, Any] | None = None  # the run's provenance.json (older runs: None)
 
 
 def load_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "history.json"
+    path = run_dir / HISTORY_FILENAME
     if not path.is_file():
         raise ReportInputError(
             f"{path} not found: the loss and mAP curves need the training history that "
@@ -75,11 +77,22 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
 
 def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportInputs:
     predictions = load_predictions(predictions_path or run_dir / PREDICTIONS_FILENAME)
-    config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    if config is None:
-        log.warning("%s not found: the report will not list the hyperparameters", config_path)
-    return ReportInputs(run_dir, predictions, load_history(run_dir), config)
+    config = _optional_json(run_dir / CONFIG_FILENAME, "the hyperparameters")
+    produced_by = _optional_json(
+        run_dir / RUN_PROVENANCE_FILENAME, "the loss code and package versions of the run"
+    )
+    return ReportInputs(run_dir, predictions, load_history(run_dir), config, produced_by)
+
+
+def _optional_json(path: Path, what: str) -> dict[str, Any] | None:
+    """A JSON object the report can do without (older runs lack some): None, and a warning."""
+    if not path.is_file():
+        log.warning("%s not found: the report says %s were not recorded", path, what)
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportInputError(f"{path} is not valid JSON ({error})") from error
 
 
 @dataclass
@@ -119,16 +132,30 @@ def pick_grid_classes(
     return [candidates[i] for i in sorted(chosen)]
 
 
-def _loss_code_lines() -> str:
-    """The lines of training/loss.py that compute the loss, quoted verbatim (read as text)."""
-    path = PROJECT_ROOT / "training" / "loss.py"
-    if not path.is_file():
-        return "(training/loss.py not found)"
-    wanted = ("binary_cross_entropy_with_logits(", "return terms * mask", "clamp_min(")
+def _loss_code(produced_by: dict[str, Any] | None) -> str:
+    """The loss code the run was trained with, as the trainer recorded it."""
+    if not produced_by or "loss_code" not in produced_by:
+        return f"not recorded (the run folder has no {RUN_PROVENANCE_FILENAME})"
+    return str(produced_by["loss_code"])
+
+
+def _software(produced_by: dict[str, Any] | None) -> str:
+    """Python, package versions and git commit of the run, as the trainer recorded them."""
+    if not produced_by:
+        return f"not recorded (the run folder has no {RUN_PROVENANCE_FILENAME})"
+    git = produced_by.get("git")
+    commit = "not recorded (no git checkout)"
+    if git:
+        commit = git["commit"] + (
+            " with uncommitted changes" if git.get("uncommitted_changes") else ""
+        )
+    packages = produced_by.get("packages") or {}
     return "\n".join(
-        line.strip()
-        for line in path.read_text().splitlines()
-        if any(w in line for w in wanted) and "import" not in line
+        [
+            f"git commit   {commit}",
+            f"python       {produced_by.get('python', 'not recorded')}",
+            *(f"{name}=={version}" for name, version in packages.items()),
+        ]
     )
 
 
@@ -335,7 +362,7 @@ def _text_blocks(
             "L = 1/(sum_ic m_ic) * sum_i sum_c m_ic\n"
             "    * [ -y_ic log s(z_ic) - (1 - y_ic) log(1 - s(z_ic)) ]\n"
             "z logits, s sigmoid, y targets, m mask (0 for ignored difficult labels).\n"
-            "Code (training/loss.py):\n" + _loss_code_lines(),
+            "Code (as recorded by the trainer):\n" + _loss_code(inputs.produced_by),
         ),
         ("Hyperparameters and seed (config.json)", hyper),
         (
@@ -354,7 +381,7 @@ def _text_blocks(
             "Image grids",
             f"top-{k} and bottom-{k} validation images for {', '.join(summary.grid_classes)}",
         ),
-        ("Package requirements (requirements.txt)", _requirements()),
+        ("Software that produced the run (provenance.json)", _software(inputs.produced_by)),
     ]
 
 
@@ -362,11 +389,6 @@ def _wrap(text: str, width: int = 100) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
-
-
-def _requirements() -> str:
-    path = PROJECT_ROOT / "requirements.txt"
-    return path.read_text().strip() if path.is_file() else "(requirements.txt not found)"
 
 
 def _write_markdown(

@@ -13,6 +13,10 @@ from vocdata.paths import DEFAULT_RUNS_DIR, resolve_project_path
 from vocdata.splits import resolve_voc_root
 
 LATEST_POINTER = "latest"
+# Files of a run folder that evaluation reads (written by training/trainer.py).
+CONFIG_FILENAME = "config.json"
+HISTORY_FILENAME = "history.json"
+RUN_PROVENANCE_FILENAME = "provenance.json"  # what produced the run: training/provenance.py
 
 
 class RunNotFoundError(FileNotFoundError):

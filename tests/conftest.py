@@ -1,11 +1,15 @@
-"""Shared fixtures: a tiny generated VOC tree, and the real data under ../shared/data."""
+"""Shared fixtures and helpers: a tiny generated VOC tree, the real data under ../shared/data,
+a typical predictions provenance, and the check that a run's stored scores are what its
+saved model predicts."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.voc_fixture import TinyVoc, write_tiny_voc
@@ -14,6 +18,26 @@ from vocdata.paths import PROJECT_ROOT
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 REAL_VOC_ROOT = SHARED_DATA / "voc2012-subset" / "VOCdevkit" / "VOC2012"
 IMAGENET_SAMPLES = SHARED_DATA / "imagenet-samples"
+
+# The provenance a predictions file typically carries (tests copy it before changing it).
+PROVENANCE: dict[str, Any] = {
+    "arch": "resnet18",
+    "weights": "none",
+    "epoch": 3,
+    "val_map": 0.5,
+    "seed": 0,
+    "difficult": "ignore",
+    "created": "2026-11-22T12:00:00+00:00",
+}
+
+# What the trainer records about the software of a run (training/provenance.py).
+RUN_PROVENANCE: dict[str, Any] = {
+    "loss_code": "terms = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')",
+    "loss_module": "training.loss",
+    "python": "3.11.7",
+    "packages": {"torch": "2.14.1", "numpy": "2.4.6"},
+    "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "uncommitted_changes": False},
+}
 
 # Tests never touch the network and never depend on the user's environment.
 os.environ.pop("VOC_ROOT", None)
@@ -44,3 +68,29 @@ def imagenet_samples() -> Path:
     if not (IMAGENET_SAMPLES / "labels.csv").is_file():
         pytest.skip(f"ImageNet samples not found at {IMAGENET_SAMPLES}")
     return IMAGENET_SAMPLES
+
+
+def assert_run_scores_match_saved_model(
+    run_dir: Path, voc_root: Path, atol: float = 1e-6
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Reload `run_dir`'s best model, predict the val split in order, and compare with the
+    run's predictions file; returns the saved checkpoint's metadata and the fresh scores."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from predictions import load_predictions
+    from training.checkpoint import load_model
+    from vocdata import read_split
+    from vocdata.dataset import VocClassification
+    from vocdata.transforms import eval_transform
+
+    predictions = load_predictions(run_dir / "val_predictions.npz")
+    model, saved = load_model(run_dir / "model_best.pt")
+    val = read_split(voc_root, "val")
+    dataset = VocClassification(voc_root, val, "ignore", eval_transform(saved["image_size"]))
+    with torch.no_grad():
+        scores = torch.cat(
+            [torch.sigmoid(model(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
+        ).numpy()
+    np.testing.assert_allclose(predictions.scores, scores, atol=atol)
+    return saved, scores

@@ -9,13 +9,11 @@ import pickle
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 import main_train
-from predictions import load_predictions
+from tests.conftest import assert_run_scores_match_saved_model
 from tests.voc_fixture import tiny_run_args
-from training.checkpoint import load_model
 from vocdata import read_split
 from vocdata.cache import open_or_build_cache
 from vocdata.dataset import VocClassification
@@ -93,13 +91,4 @@ def test_cached_run_gives_the_predictions_of_the_uncached_path(tiny_voc, tmp_pat
     assert main_train.main(tiny_run_args(tiny_voc.root, runs, "--epochs", "1")) == 0
     run_dir = runs / (runs / "latest").read_text().strip()
     assert list((tmp_path / "cache").glob("*.json"))
-    saved = load_predictions(run_dir / "val_predictions.npz")
-    model, _ = load_model(run_dir / "model_best.pt")
-    uncached = VocClassification(
-        tiny_voc.root, read_split(tiny_voc.root, "val"), "ignore", eval_transform(32)
-    )
-    with torch.no_grad():
-        scores = torch.cat(
-            [torch.sigmoid(model(images)) for images, *_ in DataLoader(uncached, batch_size=8)]
-        ).numpy()
-    np.testing.assert_allclose(saved.scores, scores, atol=1e-6)
+    assert_run_scores_match_saved_model(run_dir, tiny_voc.root)

@@ -10,8 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import DataLoader
 
 from evaluation.metrics import (
     UndefinedAPWarning,
@@ -19,12 +17,10 @@ from evaluation.metrics import (
     per_class_average_precision,
 )
 from predictions import load_predictions
+from tests.conftest import assert_run_scores_match_saved_model
 from tests.voc_fixture import tiny_run_args
-from training.checkpoint import load_model
 from vocdata import read_split
-from vocdata.dataset import VocClassification
 from vocdata.paths import PROJECT_ROOT
-from vocdata.transforms import eval_transform
 
 
 @pytest.mark.slow
@@ -53,13 +49,7 @@ def test_two_process_ddp_run_matches_a_single_process_evaluation(tiny_voc, tmp_p
     assert predictions.scores.shape == (len(val), 20)
     np.testing.assert_array_equal(predictions.labels, val.labels)
 
-    model, saved = load_model(run_dir / "model_best.pt")
-    dataset = VocClassification(tiny_voc.root, val, "ignore", eval_transform(32))
-    with torch.no_grad():
-        scores = torch.cat(
-            [torch.sigmoid(model(images)) for images, *_ in DataLoader(dataset, batch_size=5)]
-        ).numpy()
-    np.testing.assert_allclose(predictions.scores, scores, atol=1e-5)
+    saved, scores = assert_run_scores_match_saved_model(run_dir, tiny_voc.root, atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedAPWarning)
         single = mean_average_precision(per_class_average_precision(scores, val.labels)).value

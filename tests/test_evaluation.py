@@ -24,6 +24,7 @@ from evaluation.metrics import (
 from evaluation.ranking import format_score, ranking_order, top_and_bottom
 from evaluation.tailacc import tail_accuracy, tail_thresholds, tailacc_curves
 from predictions import Predictions, save_predictions
+from tests.conftest import PROVENANCE, RUN_PROVENANCE
 from vocdata import VOC_CLASSES, read_split
 from vocdata.paths import PROJECT_ROOT
 
@@ -195,21 +196,11 @@ def test_ranking_is_descending_with_ties_in_file_order():
 # -- the report on real labels -------------------------------------------------------------------
 
 
-def make_run(run_dir, val_split, seed=0, history=True):
+def make_run(run_dir, val_split, seed=0, history=True, produced_by=True):
     rng = np.random.default_rng(seed)
     noise = rng.normal(0, 1.5, val_split.labels.shape)
     scores = (1 / (1 + np.exp(-(noise + 3.0 * (val_split.labels >= 0) - 2.0)))).astype(np.float32)
-    provenance = {
-        "arch": "resnet18",
-        "weights": "imagenet",
-        "epoch": 2,
-        "val_map": 0.5,
-        "seed": 0,
-        "difficult": "ignore",
-        "created": "2026-11-22T12:00:00+00:00",
-        "train_images": 1697,
-        "head": "Linear(512 -> 20)",
-    }
+    provenance = PROVENANCE | {"epoch": 2, "train_images": 1697, "head": "Linear(512 -> 20)"}
     predictions = Predictions(
         scores, val_split.labels, tuple(val_split.relative_paths), VOC_CLASSES, provenance
     )
@@ -228,6 +219,8 @@ def make_run(run_dir, val_split, seed=0, history=True):
         ]
         (run_dir / "history.json").write_text(json.dumps(records))
     (run_dir / "config.json").write_text(json.dumps({"arch": "resnet18", "seed": 0}))
+    if produced_by:
+        (run_dir / "provenance.json").write_text(json.dumps(RUN_PROVENANCE))
     return predictions
 
 
@@ -274,8 +267,9 @@ def test_report_end_to_end_on_real_labels(real_voc_root, tmp_path):
     assert pdf_pages(out / "report.pdf") == 2 + len(stems) <= 10
     markdown = (out / "report.md").read_text()
     for needle in (
-        "binary_cross_entropy_with_logits",
-        "torch==",
+        RUN_PROVENANCE["loss_code"],
+        "torch==2.14.1",
+        RUN_PROVENANCE["git"]["commit"],
         "Tailacc",
         "1729 val images",
         "aeroplane",
@@ -328,7 +322,7 @@ def test_report_bad_inputs_are_clear(tiny_voc, tmp_path, caplog, capsys):
     assert "Run folder not found" in caplog.text
 
     good = tmp_path / "good"
-    predictions = make_run(good, val)
+    predictions = make_run(good, val, produced_by=False)  # a run from before provenance.json
     column = VOC_CLASSES.index("person")
     top_file = predictions.files[int(np.argmax(predictions.scores[:, column]))]
     (tiny_voc.root / top_file).unlink()
@@ -350,6 +344,11 @@ def test_report_bad_inputs_are_clear(tiny_voc, tmp_path, caplog, capsys):
     )
     assert f"grid image {top_file} unreadable" in caplog.text
     assert (good / "report" / "report.pdf").is_file()
+    # The loss code and versions come from the run folder only; an older run without them
+    # is reported as "not recorded", never described with today's checkout.
+    markdown = (good / "report" / "report.md").read_text()
+    assert markdown.count("not recorded (the run folder has no provenance.json)") == 2
+    assert "binary_cross_entropy_with_logits" not in markdown and "torch==" not in markdown
     assert evaluation_main(["--run", str(good), "--classes", "unicorn"]) == 2
     assert "unknown class 'unicorn'" in caplog.text
 

@@ -17,16 +17,7 @@ from predictions import (
     save_predictions,
     write_latest_pointer,
 )
-
-PROVENANCE = {
-    "arch": "resnet18",
-    "weights": "none",
-    "epoch": 3,
-    "val_map": 0.5,
-    "seed": 0,
-    "difficult": "ignore",
-    "created": "2026-11-22T12:00:00+00:00",
-}
+from tests.conftest import PROVENANCE
 
 
 def make_predictions(n: int = 6, c: int = 3, seed: int = 0) -> Predictions:

@@ -12,26 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 import main_train
 from predictions import load_predictions
+from tests.conftest import assert_run_scores_match_saved_model
 from tests.voc_fixture import tiny_run_args
 from training.backbones import (
     WeightsUnavailableError,
     create_imagenet_network,
     load_matching_state_dict,
 )
-from training.checkpoint import load_model, load_trusted
+from training.checkpoint import load_trusted
 from training.config import TrainConfig
 from training.loss import masked_bce_with_logits
 from training.model import build_classifier
 from training.optim import build_optimizer, warmup_cosine
 from training.sampling import EpochSampler
 from vocdata import read_split
-from vocdata.dataset import VocClassification
 from vocdata.paths import PROJECT_ROOT
-from vocdata.transforms import eval_transform
 
 TIMING_KEYS = {"seconds", "train_seconds", "train_images_per_second", "peak_gpu_memory_mb"}
 
@@ -148,6 +146,7 @@ def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
         "val_predictions.npz",
         "train.log",
         "tensorboard",
+        "provenance.json",
     }
     assert expected <= {p.name for p in run_dir.iterdir()}
     assert not list(run_dir.rglob("*.tmp"))
@@ -181,13 +180,13 @@ def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
     assert not Path(preds.provenance["voc_root"]).is_absolute()
 
     # The stored scores are exactly what the saved model predicts, row by row.
-    model, saved = load_model(run_dir / "model_best.pt")
-    dataset = VocClassification(tiny_voc.root, val, "ignore", eval_transform(saved["image_size"]))
-    with torch.no_grad():
-        scores = torch.cat(
-            [torch.sigmoid(model(images)) for images, *_ in DataLoader(dataset, batch_size=5)]
-        ).numpy()
-    np.testing.assert_allclose(preds.scores, scores, atol=1e-6)
+    assert_run_scores_match_saved_model(run_dir, tiny_voc.root)
+
+    # What produced the run is recorded in the run, for the report.
+    produced_by = json.loads((run_dir / "provenance.json").read_text())
+    assert "binary_cross_entropy_with_logits" in produced_by["loss_code"]
+    assert '"""' not in produced_by["loss_code"]  # the code, without its docstrings
+    assert produced_by["packages"]["torch"] == torch.__version__.split("+")[0]
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from predictions.runs import DEFAULT_RUNS_DIR, resolve_run_dir
+from predictions.runs import CONFIG_FILENAME, DEFAULT_RUNS_DIR, resolve_run_dir
 from training.backbones import BACKBONES
 from vocdata.options import (
     add_arch_option,
@@ -25,8 +25,6 @@ from vocdata.options import (
     none_or_value,
 )
 from vocdata.splits import DifficultMode
-
-CONFIG_FILENAME = "config.json"
 
 
 def default_workers() -> int:

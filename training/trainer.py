@@ -29,6 +29,7 @@ from evaluation.metrics import (
     per_class_average_precision,
 )
 from predictions import PREDICTIONS_FILENAME, Predictions, save_predictions, write_latest_pointer
+from predictions.runs import HISTORY_FILENAME, RUN_PROVENANCE_FILENAME
 from training.checkpoint import (
     BEST_MODEL,
     LAST_CHECKPOINT,
@@ -53,6 +54,7 @@ from training.distributed import (
 from training.loop import Runtime, predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
+from training.provenance import collect_run_provenance
 from training.seed import derive_seed, seed_everything
 from vocdata.atomic import atomic_write
 from vocdata.classes import VOC_CLASSES
@@ -62,7 +64,6 @@ from vocdata.splits import resolve_voc_root
 
 log = logging.getLogger("training")
 
-HISTORY_FILENAME = "history.json"
 LOG_FILENAME = "train.log"
 
 
@@ -371,6 +372,8 @@ class Trainer:
             handler = _attach_log_file(self.run_dir)
             with atomic_write(self.run_dir / CONFIG_FILENAME) as tmp:
                 tmp.write_text(config.to_json() + "\n")
+            if not (self.run_dir / RUN_PROVENANCE_FILENAME).exists():  # kept across resumes
+                _write_json(self.run_dir / RUN_PROVENANCE_FILENAME, collect_run_provenance())
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state.epoch + 1)
