@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from evaluation.ranking import format_score, top_and_bottom
+from evaluation.ranking import TRUTH_COLOURS, TRUTH_WORDS, format_score, top_and_bottom
 from predictions import Predictions
+from vocdata.images import thumbnail_or_placeholder
 
 log = logging.getLogger(__name__)
 
 TILE = 160
-TRUTH_COLOURS = {1: "tab:green", 0: "tab:orange", -1: "tab:red"}
-TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
 
 
 @dataclass(frozen=True)
@@ -59,19 +57,14 @@ def class_grids(predictions: Predictions, class_name: str, k: int) -> ClassGrids
 
 def load_tile(voc_root: Path, relative: str) -> np.ndarray:
     """The image as an RGB thumbnail array; a grey placeholder (logged) if it cannot be read."""
-    try:
-        with Image.open(voc_root / relative) as image:
-            image.draft("RGB", (TILE, TILE))
-            tile = image.convert("RGB")
-            tile.thumbnail((TILE, TILE))
-            return np.asarray(tile)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        log.warning("grid image %s unreadable (%s): drawn as a placeholder tile", relative, error)
-        placeholder = Image.new("RGB", (TILE, TILE), (200, 200, 200))
-        ImageDraw.Draw(placeholder).text(
-            (6, TILE // 2 - 6), f"missing\n{Path(relative).name}", fill=(60, 60, 60)
-        )
-        return np.asarray(placeholder)
+    tile, reason = thumbnail_or_placeholder(voc_root / relative, (TILE, TILE))
+    if reason is not None:
+        log.warning("grid image %s unreadable (%s): drawn as a placeholder tile", relative, reason)
+    return np.asarray(tile)
+
+
+def _matplotlib_colour(label: int) -> tuple[float, float, float]:
+    return tuple(channel / 255 for channel in TRUTH_COLOURS[label])
 
 
 def grid_figure(grids: ClassGrids, voc_root: Path, columns: int = 5) -> Figure:
@@ -97,11 +90,11 @@ def grid_figure(grids: ClassGrids, voc_root: Path, columns: int = 5) -> Figure:
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
-                spine.set_edgecolor(TRUTH_COLOURS[tile.label])
+                spine.set_edgecolor(_matplotlib_colour(tile.label))
                 spine.set_linewidth(4)
             ax.set_title(
                 f"#{tile.rank}  {format_score(tile.score)}\n{TRUTH_WORDS[tile.label]}",
                 fontsize=8,
-                color=TRUTH_COLOURS[tile.label],
+                color=_matplotlib_colour(tile.label),
             )
     return figure

@@ -66,7 +66,11 @@ def voc_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(np.sum(recall_steps * envelope))
 
 
-def _validate_matrix(scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None):
+def validate_score_matrix(
+    scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(N, C) scores and VOC labels of one shape, and C class names (default "0", "1", ...):
+    the one check every metric over a whole predictions matrix starts with."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim != 2 or labels.shape != scores.shape:
         raise ValueError(
@@ -97,7 +101,7 @@ def per_class_average_precision(
     """
     if variant not in AP_VARIANTS:
         raise ValueError(f"variant must be one of {AP_VARIANTS}, got {variant!r}")
-    scores, labels, names = _validate_matrix(scores, labels, class_names)
+    scores, labels, names = validate_score_matrix(scores, labels, class_names)
     targets, mask = targets_and_mask(labels, difficult)
     metric = average_precision if variant == "sklearn" else voc_average_precision
     values = np.full(scores.shape[1], np.nan)
@@ -162,7 +166,7 @@ def threshold_metrics(
     Beside AP these show why accuracy says little here: with few positives per class,
     answering "absent" for everything is already highly "accurate".
     """
-    scores, labels, _ = _validate_matrix(scores, labels, None)
+    scores, labels, _ = validate_score_matrix(scores, labels, None)
     targets, mask = targets_and_mask(labels, difficult)
     counted_mask = mask > 0
     predicted = scores > threshold

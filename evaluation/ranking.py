@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# How a VOC label (1 present, 0 difficult, -1 absent) is shown beside a ranked image: one
+# word and one border colour (RGB), the same in the GUI and in the report's grids.
+TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
+TRUTH_COLOURS = {1: (46, 160, 67), 0: (245, 140, 0), -1: (214, 39, 40)}
+
 
 def ranking_order(class_scores: np.ndarray) -> np.ndarray:
     """Row indices from highest to lowest score; ties keep file order (deterministic)."""

@@ -31,6 +31,7 @@ from evaluation.metrics import (
     per_class_average_precision,
     threshold_metrics,
 )
+from evaluation.tables import markdown_table
 from evaluation.tailacc import tailacc_curves
 from predictions import PREDICTIONS_FILENAME, Predictions, images_root, load_predictions
 from predictions.runs import CONFIG_FILENAME, HISTORY_FILENAME, RUN_PROVENANCE_FILENAME
@@ -196,12 +197,6 @@ def _metrics_table(
             ]
         )
     return header, rows
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _save_figure(figure: Figure, out_dir: Path, stem: str, written: list[str]) -> None:
@@ -406,7 +401,7 @@ def _write_markdown(
         parts.append(f"## {heading}\n\n```\n{body}\n```\n")
     parts.append("## Curves\n\n![loss and mAP per epoch](curves.png)\n")
     parts.append("## Per-class average precision\n\n![per-class AP](per_class_ap.png)\n")
-    parts.append("## Accuracy versus AP\n\n" + _markdown_table(header, rows) + "\n")
+    parts.append("## Accuracy versus AP\n\n" + markdown_table(header, rows) + "\n")
     tailacc_text = dict(blocks)["Tailacc"].replace("\n", " ")
     parts.append(f"## Tailacc\n\n![Tailacc](tailacc.png)\n\n{tailacc_text}\n")
     for stem, _ in figures:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evaluation.metrics import validate_score_matrix
 from vocdata.splits import DifficultMode, targets_and_mask
 
 DECISION_THRESHOLD = 0.5
@@ -85,13 +86,8 @@ def tailacc_curves(
 ) -> TailaccCurves:
     """Tailacc at each class's own quantile thresholds; difficult entries are left out under
     the default mode, as for AP."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(
-            f"scores and labels must be (N, C) of one shape, got {scores.shape} and {labels.shape}"
-        )
-    if class_names is not None and len(class_names) != scores.shape[1]:
-        raise ValueError(f"{len(class_names)} class names for {scores.shape[1]} columns")
+    scores, labels, _ = validate_score_matrix(scores, labels, class_names)
+    scores = scores.astype(np.float64)
     targets, mask = targets_and_mask(labels, difficult)
     num_classes = scores.shape[1]
     thresholds = np.full((num_classes, num_thresholds), np.nan)

@@ -11,10 +11,9 @@ from pathlib import Path
 import PySimpleGUI as sg
 from PIL import Image, ImageColor
 
-from evaluation.ranking import format_score
+from evaluation.ranking import TRUTH_WORDS, format_score
 from gui.model import RankedImage, RankingModel
 from gui.thumbnails import (
-    TRUTH_WORDS,
     ThumbnailCache,
     decode_thumbnail,
     page_image,

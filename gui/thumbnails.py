@@ -14,39 +14,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw
+
+from evaluation.ranking import TRUTH_COLOURS
+from vocdata.images import PLACEHOLDER_GREY, thumbnail_or_placeholder
 
 log = logging.getLogger(__name__)
 
-TRUTH_COLOURS = {1: (46, 160, 67), 0: (245, 140, 0), -1: (214, 39, 40)}
-TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
 BACKGROUND = (236, 236, 236)
-_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
-
-
-def placeholder(size: tuple[int, int], name: str, reason: str = "missing") -> Image.Image:
-    """A grey tile that names the image that could not be shown."""
-    image = Image.new("RGB", size, (200, 200, 200))
-    ImageDraw.Draw(image).multiline_text(
-        (6, size[1] // 2 - 14), f"{reason}\n{name}", fill=(50, 50, 50)
-    )
-    return image
 
 
 def decode_thumbnail(path: Path, size: tuple[int, int]) -> tuple[Image.Image, str | None]:
     """The image shrunk to fit `size` and the reason it failed (None if it did not)."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", size)  # JPEG: decode at a reduced scale, much faster
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
-            thumb.thumbnail(size)
-            return thumb, None
-    except FileNotFoundError:
-        reason = "missing"
-    except _READ_ERRORS as error:
-        reason = f"unreadable ({type(error).__name__})"
-    log.warning("cannot show %s: %s", path, reason)
-    return placeholder(size, path.name, reason.split(" ")[0]), reason
+    thumb, reason = thumbnail_or_placeholder(path, size)
+    if reason is not None:
+        log.warning("cannot show %s: %s", path, reason)
+    return thumb, reason
 
 
 class ThumbnailCache:
@@ -136,7 +119,9 @@ def tile(
 ) -> Image.Image:
     """A fixed-size tile: the thumbnail centred on a border in the truth colour (grey while
     loading), so the grid never changes shape."""
-    colour = TRUTH_COLOURS.get(label, (170, 170, 170)) if thumbnail is not None else (200,) * 3
+    colour = (
+        TRUTH_COLOURS.get(label, (170, 170, 170)) if thumbnail is not None else PLACEHOLDER_GREY
+    )
     canvas = Image.new("RGB", (size[0] + 2 * border, size[1] + 2 * border), background)
     if thumbnail is None:
         return canvas

@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.ranking import TRUTH_COLOURS
 from gui.model import RankingModel
-from gui.thumbnails import TRUTH_COLOURS, ThumbnailCache, decode_thumbnail, page_image, tile
+from gui.thumbnails import ThumbnailCache, decode_thumbnail, page_image, tile
 from predictions import Predictions
-
-PROVENANCE = {
-    "arch": "resnet18",
-    "weights": "none",
-    "epoch": 1,
-    "val_map": 0.5,
-    "seed": 0,
-    "difficult": "ignore",
-    "created": "2026-11-22T12:00:00+00:00",
-}
+from tests.conftest import PROVENANCE
 
 
 def hand_made(page_size=3) -> RankingModel:

@@ -17,12 +17,14 @@ from datetime import datetime
 
 import torch
 
+from evaluation.tables import markdown_table
 from predictions import RunNotFoundError
-from training.backbones import WeightsUnavailableError, create_imagenet_network
+from training.backbones import BACKBONES, WeightsUnavailableError, create_imagenet_network
 from training.config import build_parser as trainer_parser
 from training.config import config_from_argv
 from vocdata.atomic import atomic_write
 from vocdata.errors import VocDataError
+from vocdata.options import add_device_option
 from vocdata.paths import project_relative, resolve_project_path
 from wsconv.imagenet_check import DEFAULT_IMAGENET_SAMPLES, format_check_table, prediction_check
 from wsconv.layers import WS_EPS
@@ -60,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--backbones",
         nargs="+",
-        default=["resnet18", "efficientnet_lite0"],
-        choices=["resnet18", "efficientnet_lite0"],
+        default=list(BACKBONES),
+        choices=list(BACKBONES),
         help="backbones to check (those without available weights are skipped)",
     )
     check.add_argument(
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--arch",
         default="auto",
-        choices=["auto", "resnet18", "efficientnet_lite0"],
+        choices=["auto", *BACKBONES],
         help="backbone to train: auto = resnet18 if its ImageNet weights are "
         "available, else efficientnet_lite0",
     )
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default=None, help="output folder (default runs/wsconv/<date>-<time>)"
     )
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    add_device_option(parser)
     return parser
 
 
@@ -166,14 +168,13 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": config.epochs,
                 "val_map_per_epoch": maps,
             }
-            header = "| epoch | " + " | ".join(maps) + " |\n|---|" + "---|" * len(maps)
-            lines = [
-                f"| {e + 1} | "
-                + " | ".join("n/a" if maps[v][e] is None else f"{maps[v][e]:.4f}" for v in maps)
-                + " |"
-                for e in range(config.epochs)
-            ]
-            table = "\n".join([header, *lines])
+            table = markdown_table(
+                ["epoch", *maps],
+                [
+                    [e + 1, *("n/a" if maps[v][e] is None else f"{maps[v][e]:.4f}" for v in maps)]
+                    for e in range(config.epochs)
+                ],
+            )
             print(table)
             markdown += [f"## Training time: validation mAP per epoch ({config.arch})\n", table, ""]
     except (VocDataError, WeightsUnavailableError, RunNotFoundError, FileNotFoundError) as error:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evaluation.tables import markdown_table
 from training.backbones import WeightsUnavailableError, create_imagenet_network, get_backbone
 from training.model import MultiLabelClassifier
 from vocdata.transforms import eval_transform
@@ -140,14 +141,31 @@ def prediction_check(
 
 
 def format_check_table(rows: list[CheckRow]) -> str:
-    header = (
-        "| backbone | mode | dtype | images | mean abs diff | max abs diff | top-1 "
-        "agreement | top-1 original | top-1 converted |\n|---|---|---|---|---|---|---|---|---|"
-    )
-    lines = [header] + [
-        f"| {r.backbone} | {r.mode} | {r.dtype} | {r.images} | {r.mean_abs_diff:.2e} | "
-        f"{r.max_abs_diff:.2e} | {100 * r.top1_agreement:.1f}% | {100 * r.top1_original:.1f}% | "
-        f"{100 * r.top1_converted:.1f}% |"
-        for r in rows
+    header = [
+        "backbone",
+        "mode",
+        "dtype",
+        "images",
+        "mean abs diff",
+        "max abs diff",
+        "top-1 agreement",
+        "top-1 original",
+        "top-1 converted",
     ]
-    return "\n".join(lines)
+    return markdown_table(
+        header,
+        [
+            [
+                r.backbone,
+                r.mode,
+                r.dtype,
+                r.images,
+                f"{r.mean_abs_diff:.2e}",
+                f"{r.max_abs_diff:.2e}",
+                f"{100 * r.top1_agreement:.1f}%",
+                f"{100 * r.top1_original:.1f}%",
+                f"{100 * r.top1_converted:.1f}%",
+            ]
+            for r in rows
+        ],
+    )
