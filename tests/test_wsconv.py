@@ -20,7 +20,7 @@ from vocdata.paths import PROJECT_ROOT
 from wsconv import (
     ConversionError,
     WSConv2d,
-    channel_norms,
+    channel_stds,
     conv_bn_pairs,
     convert,
     set_module_by_name,
@@ -55,12 +55,12 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def test_channel_norms_use_the_biased_variance_plus_eps():
+def test_channel_stds_use_the_biased_variance_plus_eps():
     weight = torch.randn(6, 4, 3, 3, dtype=torch.float64)
     flat = weight.numpy().reshape(6, -1)
     expected = np.sqrt(flat.var(axis=1, ddof=0) + 1e-12)
-    np.testing.assert_allclose(channel_norms(weight).numpy(), expected, rtol=1e-12)
-    assert torch.equal(channel_norms(torch.zeros(2, 1, 3, 3)), torch.full((2,), 1e-6))
+    np.testing.assert_allclose(channel_stds(weight).numpy(), expected, rtol=1e-12)
+    assert torch.equal(channel_stds(torch.zeros(2, 1, 3, 3)), torch.full((2,), 1e-6))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -81,14 +81,18 @@ def test_eval_mode_predictions_do_not_change(arch, mode):
 def test_mode_b_changes_the_affine_parameters_and_mode_a_the_statistics():
     original = randomised("resnet18", dtype=torch.float64)
     a, b = convert(original, "A"), convert(original, "B")
-    norms = channel_norms(original.conv1.weight)
+    weight_stds = channel_stds(original.conv1.weight)
     bn, bn_a, bn_b = original.bn1, a.bn1, b.bn1
-    torch.testing.assert_close(bn_a.running_mean, bn.running_mean / norms)
-    torch.testing.assert_close(bn_a.running_var, (bn.running_var + bn.eps) / norms**2 - bn.eps)
+    torch.testing.assert_close(bn_a.running_mean, bn.running_mean / weight_stds)
+    torch.testing.assert_close(
+        bn_a.running_var, (bn.running_var + bn.eps) / weight_stds**2 - bn.eps
+    )
     torch.testing.assert_close(bn_a.weight, bn.weight)
-    torch.testing.assert_close(bn_b.weight, bn.weight * norms)
+    torch.testing.assert_close(bn_b.weight, bn.weight * weight_stds)
     std = torch.sqrt(bn.running_var + bn.eps)
-    torch.testing.assert_close(bn_b.bias, bn.bias + bn.weight * bn.running_mean * (norms - 1) / std)
+    torch.testing.assert_close(
+        bn_b.bias, bn.bias + bn.weight * bn.running_mean * (weight_stds - 1) / std
+    )
     torch.testing.assert_close(bn_b.running_mean, bn.running_mean)
 
 

@@ -7,13 +7,13 @@ ImageNet images, then trains on VOC to show which mode survives training, and wh
 """
 
 from wsconv.convert import ConversionError, conv_bn_pairs, convert, set_module_by_name
-from wsconv.layers import WS_EPS, WSConv2d, channel_norms
+from wsconv.layers import WS_EPS, WSConv2d, channel_stds
 
 __all__ = [
     "WS_EPS",
     "ConversionError",
     "WSConv2d",
-    "channel_norms",
+    "channel_stds",
     "conv_bn_pairs",
     "convert",
     "set_module_by_name",

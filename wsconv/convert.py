@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from wsconv.layers import WS_EPS, WSConv2d, channel_norms
+from wsconv.layers import WS_EPS, WSConv2d, channel_stds
 
 MODES = ("A", "B")
 
@@ -56,7 +56,7 @@ def conv_bn_pairs(
     conv, or a conv's output reaches no BatchNorm2d directly.
     """
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    batchnorms = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     produced: dict[int, tuple[str, torch.Tensor]] = {}
     pairs: dict[str, str] = {}
     unfed: list[str] = []
@@ -68,7 +68,7 @@ def conv_bn_pairs(
 
         return hook
 
-    def before_norm(name):
+    def before_batchnorm(name):
         def hook(_module, inputs):
             source = produced.get(id(inputs[0]))
             if source is None:
@@ -80,8 +80,8 @@ def conv_bn_pairs(
 
     for name, module in convs.items():
         handles.append(module.register_forward_hook(after_conv(name)))
-    for name, module in norms.items():
-        handles.append(module.register_forward_pre_hook(before_norm(name)))
+    for name, module in batchnorms.items():
+        handles.append(module.register_forward_pre_hook(before_batchnorm(name)))
     was_training = model.training
     try:
         model.eval()
@@ -105,25 +105,31 @@ def conv_bn_pairs(
 
 
 @torch.no_grad()
-def fold_into_batchnorm(norm: nn.BatchNorm2d, norms_c: torch.Tensor, mode: str) -> None:
-    """Adjust `norm` so that feeding it z / n_c gives what z gave before (eval mode).
+def fold_into_batchnorm(batchnorm: nn.BatchNorm2d, weight_stds: torch.Tensor, mode: str) -> None:
+    """Adjust `batchnorm` so that feeding it z / n_c gives what z gave before (eval mode).
 
     Computed in float64 from copies, and written only once every new value is known
     (`.double()` of a float64 tensor is the tensor itself, not a copy).
     """
-    n = norms_c.to(torch.float64)
-    eps = norm.eps
-    mean = norm.running_mean.to(torch.float64, copy=True)
-    var = norm.running_var.to(torch.float64, copy=True)
+    n = weight_stds.to(torch.float64)  # n_c: the std of each output channel's conv weights
+    eps = batchnorm.eps
+    mean = batchnorm.running_mean.to(torch.float64, copy=True)
+    var = batchnorm.running_var.to(torch.float64, copy=True)
     if mode == "A":
-        updates = [(norm.running_mean, mean / n), (norm.running_var, (var + eps) / n**2 - eps)]
+        updates = [
+            (batchnorm.running_mean, mean / n),
+            (batchnorm.running_var, (var + eps) / n**2 - eps),
+        ]
     elif mode == "B":
-        if norm.weight is None or norm.bias is None:
+        if batchnorm.weight is None or batchnorm.bias is None:
             raise ConversionError("mode B needs BatchNorm layers with affine parameters")
-        alpha = norm.weight.to(torch.float64, copy=True)
-        beta = norm.bias.to(torch.float64, copy=True)
-        std = torch.sqrt(var + eps)
-        updates = [(norm.weight, alpha * n), (norm.bias, beta + alpha * mean * (n - 1) / std)]
+        alpha = batchnorm.weight.to(torch.float64, copy=True)
+        beta = batchnorm.bias.to(torch.float64, copy=True)
+        batchnorm_std = torch.sqrt(var + eps)
+        updates = [
+            (batchnorm.weight, alpha * n),
+            (batchnorm.bias, beta + alpha * mean * (n - 1) / batchnorm_std),
+        ]
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     for tensor, value in updates:
@@ -145,9 +151,9 @@ def convert(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     target = model if inplace else copy.deepcopy(model)
-    for conv_name, norm_name in conv_bn_pairs(target, example_input):
+    for conv_name, batchnorm_name in conv_bn_pairs(target, example_input):
         conv = target.get_submodule(conv_name)
-        norms_c = channel_norms(conv.weight.detach().double(), eps)
-        fold_into_batchnorm(target.get_submodule(norm_name), norms_c, mode)
+        weight_stds = channel_stds(conv.weight.detach().double(), eps)
+        fold_into_batchnorm(target.get_submodule(batchnorm_name), weight_stds, mode)
         set_module_by_name(target, conv_name, WSConv2d.from_conv(conv, eps))
     return target

@@ -18,7 +18,7 @@ from torch import nn
 WS_EPS = 1e-12
 
 
-def channel_norms(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
+def channel_stds(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
     """n_c for each output channel c of a conv weight (out, in/groups, kh, kw): shape (out,)."""
     variance = weight.flatten(1).var(dim=1, unbiased=False)
     return torch.sqrt(variance + eps)
@@ -37,8 +37,8 @@ class WSConv2d(nn.Conv2d):
         self.same_padding = same_padding
 
     def standardized_weight(self) -> torch.Tensor:
-        norms = channel_norms(self.weight, self.ws_eps)
-        return self.weight / norms.view(-1, 1, 1, 1)
+        weight_stds = channel_stds(self.weight, self.ws_eps)
+        return self.weight / weight_stds.view(-1, 1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.standardized_weight()
@@ -81,8 +81,8 @@ class WSConv2d(nn.Conv2d):
         with torch.no_grad():
             ws.weight.copy_(conv.weight)
             if conv.bias is not None:
-                norms = channel_norms(conv.weight.double(), eps)
-                ws.bias.copy_((conv.bias.double() / norms).to(conv.bias.dtype))
+                weight_stds = channel_stds(conv.weight.double(), eps)
+                ws.bias.copy_((conv.bias.double() / weight_stds).to(conv.bias.dtype))
         ws.train(conv.training)
         return ws
 
