@@ -125,9 +125,18 @@ def test_decode_missing_and_corrupt_images_give_named_placeholders(tmp_path):
     assert reason.startswith("unreadable") and thumb.size == (100, 75)
 
 
-def test_cache_prefetches_in_the_background_and_evicts_least_recent(tmp_path):
+def test_cache_prefetches_in_the_background_and_evicts_least_recent(tmp_path, monkeypatch):
     for i in range(4):
         write_jpeg(tmp_path / f"{i}.jpg")
+    # Decoding waits for `decoding_allowed`, so the test, not the scheduler, decides whether a
+    # prefetch is still running when the next call looks at it.
+    decoding_allowed = threading.Event()
+
+    def gated_decode(path, size):
+        assert decoding_allowed.wait(10), "test gate never opened"
+        return decode_thumbnail(path, size)
+
+    monkeypatch.setattr("gui.thumbnails.decode_thumbnail", gated_decode)
     cache = ThumbnailCache(tmp_path, size=(40, 30), capacity=3, workers=2)
     ready, done = [], threading.Event()
 
@@ -136,7 +145,9 @@ def test_cache_prefetches_in_the_background_and_evicts_least_recent(tmp_path):
         if len(ready) == 2:
             done.set()
 
+    # Still decoding when prefetch returns, so on_ready must run in a worker thread.
     assert cache.prefetch(["0.jpg", "1.jpg"], on_ready) == ["0.jpg", "1.jpg"]
+    decoding_allowed.set()
     assert done.wait(10)
     assert sorted(n for n, _ in ready) == ["0.jpg", "1.jpg"]
     assert all(t.startswith("thumbnails") for _, t in ready)  # not the caller's thread
@@ -147,10 +158,13 @@ def test_cache_prefetches_in_the_background_and_evicts_least_recent(tmp_path):
     assert cache.get("1.jpg") is None and cache.get("0.jpg") is not None
     cache.load("missing.jpg")
     assert cache.failed == {"missing.jpg": "missing"}
-    # Queued speculatively, then needed now: the caller still hears when it is ready.
+    # Queued speculatively and not decoded yet, then needed now: the caller still hears
+    # when it is ready.
+    decoding_allowed.clear()
     speculative_done = threading.Event()
     cache.prefetch(["1.jpg"], background=True)
     assert cache.prefetch(["1.jpg"], lambda name: speculative_done.set()) == ["1.jpg"]
+    decoding_allowed.set()
     assert speculative_done.wait(10) and cache.get("1.jpg") is not None
     cache.shutdown()
 

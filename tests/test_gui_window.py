@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +72,19 @@ def expected_files(predictions: Predictions, class_name: str, ranks: list[int]) 
     return [predictions.files[by_score[r - 1]] for r in ranks]
 
 
+def wait_until_cached(cache, files: list[str], timeout: float = 30) -> None:
+    """Block until every one of `files` is in the thumbnail cache (queued ones included)."""
+    all_cached = threading.Event()
+
+    def check(_name: str | None = None) -> None:
+        if all(cache.get(name) is not None for name in files):
+            all_cached.set()
+
+    cache.prefetch(files, check)  # joins a prefetch already under way; `check` runs after each
+    check()
+    assert all_cached.wait(timeout), "prefetch did not finish"
+
+
 def shown(app) -> list[str]:
     return [item.file for item in app.displayed]
 
@@ -116,7 +130,9 @@ def test_browse_real_images(display, real_voc_root, tmp_path):
         assert app.window["-STATUS-"].get() == "class: dog — ranks 21–40 of 1,729 (highest first)"
         assert app.window["-PRECISION-"].get().startswith("precision of the top 40: ")
 
-        # A real key press: Right pages on (that page was prefetched, so it is cached).
+        # A real key press: Right pages on. That page was prefetched when this one was drawn;
+        # wait for that prefetch to finish (an event, not luck) so the page comes from cache.
+        wait_until_cached(app.cache, expected_files(predictions, "dog", list(range(41, 61))))
         subprocess.run(
             [
                 "xdotool",

@@ -210,6 +210,7 @@ def test_set_module_by_name_with_dotted_paths():
         set_module_by_name(model, "layer1.0.downsample", marker)
 
 
+@pytest.mark.slow
 def test_real_lite0_weights_on_imagenet_images(imagenet_samples):
     images, labels = read_imagenet_samples(imagenet_samples)
     assert len(images) == 1000
@@ -222,6 +223,7 @@ def test_real_lite0_weights_on_imagenet_images(imagenet_samples):
         assert row.mean_abs_diff < 1e-4 and row.max_abs_diff < 1e-3
 
 
+@pytest.mark.slow
 def test_python_m_wsconv_writes_both_checks(imagenet_samples, tiny_voc, tmp_path):
     small = tmp_path / "imagenet"
     (small / "images").mkdir(parents=True)
