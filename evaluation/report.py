@@ -33,7 +33,7 @@ from evaluation.metrics import (
 )
 from evaluation.tables import markdown_table
 from evaluation.tailacc import tailacc_curves
-from predictions import PREDICTIONS_FILENAME, Predictions, images_root, load_predictions
+from predictions import PREDICTIONS_FILENAME, Predictions, load_predictions, voc_root_of
 from predictions.runs import CONFIG_FILENAME, HISTORY_FILENAME, RUN_PROVENANCE_FILENAME
 from vocdata.atomic import atomic_write
 from vocdata.paths import project_relative
@@ -239,7 +239,7 @@ def write_report(
     )
     grid_classes = pick_grid_classes(preds, classes, 3, seed)
     grids = [class_grids(preds, name, k) for name in grid_classes]
-    grid_images_root = images_root(preds, voc_root)
+    voc_root_path = voc_root_of(preds, voc_root)
     best_epoch = preds.provenance.get("epoch")
 
     figures: list[tuple[str, Figure]] = [
@@ -262,7 +262,7 @@ def write_report(
         )
     )
     figures.append(("tailacc", tailacc_figure(curves, preds.class_names)))
-    figures += [(f"grid_{g.class_name}", grid_figure(g, grid_images_root)) for g in grids]
+    figures += [(f"grid_{g.class_name}", grid_figure(g, voc_root_path)) for g in grids]
     for stem, figure in figures:
         _save_figure(figure, out_dir, stem, written)
 
@@ -277,7 +277,7 @@ def write_report(
         grid_classes=grid_classes,
     )
     _write_grids_json(out_dir / "grids.json", grids, written)
-    text_blocks = _text_blocks(inputs, summary, difficult, grid_images_root, k, num_thresholds)
+    text_blocks = _text_blocks(inputs, summary, difficult, voc_root_path, k, num_thresholds)
     _write_markdown(
         out_dir / "report.md", inputs, summary, text_blocks, header, rows, figures, written
     )
@@ -313,7 +313,7 @@ def _text_blocks(
     inputs: ReportInputs,
     summary: ReportSummary,
     difficult: str,
-    grid_images_root: Path,
+    voc_root: Path,
     k: int,
     num_thresholds: int,
 ) -> list[tuple[str, str]]:
@@ -346,7 +346,7 @@ def _text_blocks(
             "Data",
             f"Pascal VOC 2012, official split: {train_count} train images, "
             f"{preds.num_images} val images (one sample per image).\n"
-            f"dataset root {project_relative(grid_images_root)}; difficult mode '{difficult}'\n"
+            f"dataset root {project_relative(voc_root)}; difficult mode '{difficult}'\n"
             f"per class: train / val images that contain it, and val images where it is only "
             f"difficult\n"
             f"{counts}",

@@ -15,8 +15,8 @@ from predictions import (
     PredictionsFormatError,
     RunNotFoundError,
     find_predictions_file,
-    images_root,
     load_predictions,
+    voc_root_of,
 )
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ def load_for_gui(predictions_arg: str | None, runs_dir: str) -> tuple[Prediction
 def launch(args: argparse.Namespace, started: float):
     """Load everything, open the window on the first page, and return the app."""
     predictions, path = load_for_gui(args.predictions, args.runs_dir)
-    root = images_root(predictions, args.voc_root)
-    if not root.is_dir():
+    voc_root = voc_root_of(predictions, args.voc_root)
+    if not voc_root.is_dir():
         raise LaunchError(
-            f"Image folder not found: {root}. Pass --voc-root (or set VOC_ROOT) "
+            f"Image folder not found: {voc_root}. Pass --voc-root (or set VOC_ROOT) "
             f"to the dataset root the predictions' file names are relative to."
         )
     if not has_display():
@@ -71,7 +71,7 @@ def launch(args: argparse.Namespace, started: float):
         except KeyError as error:
             raise LaunchError(str(error.args[0])) from error
     size = (args.thumb_size, round(args.thumb_size * 0.75))
-    cache = ThumbnailCache(root, size=size)
+    cache = ThumbnailCache(voc_root, size=size)
     from gui.app import BrowserApp
 
     app = BrowserApp(

@@ -17,8 +17,8 @@ from predictions.runs import (
     DEFAULT_RUNS_DIR,
     RunNotFoundError,
     find_predictions_file,
-    images_root,
     resolve_run_dir,
+    voc_root_of,
     write_latest_pointer,
 )
 
@@ -30,9 +30,9 @@ __all__ = [
     "PredictionsFormatError",
     "RunNotFoundError",
     "find_predictions_file",
-    "images_root",
     "load_predictions",
     "resolve_run_dir",
     "save_predictions",
+    "voc_root_of",
     "write_latest_pointer",
 ]

@@ -74,7 +74,7 @@ def find_predictions_file(
     return candidate
 
 
-def images_root(predictions: Predictions, voc_root: str | os.PathLike[str] | None = None) -> Path:
+def voc_root_of(predictions: Predictions, voc_root: str | os.PathLike[str] | None = None) -> Path:
     """The dataset root a predictions file's relative image names refer to: `voc_root` if
     given, else the root the run used (stored relative in its provenance) if it exists here,
     else the one dataset-root setting ($VOC_ROOT or the default)."""

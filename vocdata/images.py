@@ -81,10 +81,10 @@ def thumbnail_or_placeholder(path: Path, size: tuple[int, int]) -> tuple[Image.I
 
 
 def find_bad_images(
-    root: Path, relative_paths: Sequence[str], workers: int = 8
+    voc_root: Path, relative_paths: Sequence[str], workers: int = 8
 ) -> list[tuple[str, str]]:
     """(relative path, reason) for every listed image that is missing or does not decode."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        problems = pool.map(_decode_problem, (root / rel for rel in relative_paths))
+        problems = pool.map(_decode_problem, (voc_root / rel for rel in relative_paths))
         pairs = zip(relative_paths, problems, strict=True)
         return [(rel, problem) for rel, problem in pairs if problem]
