@@ -32,11 +32,11 @@ def _model_timings(num_images: int = 5823, repeats: int = 20) -> list[str]:
 
     from gui.model import RankingModel
     from predictions import Predictions
-    from vocdata import VOC_CLASSES
+    from vocdata import NUM_CLASSES, VOC_CLASSES
 
     rng = np.random.default_rng(0)
-    labels = np.where(rng.random((num_images, 20)) < 0.07, 1, -1).astype(np.int8)
-    scores = rng.random((num_images, 20), dtype=np.float32)
+    labels = np.where(rng.random((num_images, NUM_CLASSES)) < 0.07, 1, -1).astype(np.int8)
+    scores = rng.random((num_images, NUM_CLASSES), dtype=np.float32)
     files = tuple(f"JPEGImages/{i:06d}.jpg" for i in range(num_images))
     predictions = Predictions(scores, labels, files, VOC_CLASSES, {"difficult": "ignore"})
     started = time.perf_counter()
@@ -45,12 +45,13 @@ def _model_timings(num_images: int = 5823, repeats: int = 20) -> list[str]:
     switch = []
     for c in range(repeats):
         started = time.perf_counter()
-        model.set_class(c % 20)
+        model.set_class(c % NUM_CLASSES)
         model.page_items()
         model.precision_line()
         switch.append((time.perf_counter() - started) * 1000)
     return [
-        f"ranking model on {num_images:,} images: built in {build:.1f} ms (AP of 20 classes)",
+        f"ranking model on {num_images:,} images: built in {build:.1f} ms "
+        f"(AP of {NUM_CLASSES} classes)",
         _summary("class switch + page + precision", switch),
     ]
 

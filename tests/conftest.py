@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,18 @@ from vocdata.paths import PROJECT_ROOT
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 REAL_VOC_ROOT = SHARED_DATA / "voc2012-subset" / "VOCdevkit" / "VOC2012"
 IMAGENET_SAMPLES = SHARED_DATA / "imagenet-samples"
+
+def tracked_python_files() -> list[str]:
+    """The project's .py files (tracked, or new and not ignored), relative to the project root."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [name for name in listed.stdout.split() if (PROJECT_ROOT / name).is_file()]
+
 
 # The provenance a predictions file typically carries (tests copy it before changing it).
 PROVENANCE: dict[str, Any] = {

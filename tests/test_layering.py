@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
+from tests.conftest import tracked_python_files
 from vocdata.paths import PROJECT_ROOT
 
 PACKAGES = ("vocdata", "training", "predictions", "evaluation", "gui", "wsconv")
@@ -68,17 +69,10 @@ def _edges(path: str) -> list[Edge]:
 
 
 def _source_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    names = [name for name in listed.stdout.split() if (PROJECT_ROOT / name).is_file()]
+    """The package modules (entry points `__main__.py` left out: they may import anything)."""
     return [
         name
-        for name in names
+        for name in tracked_python_files()
         if name.split("/")[0] in PACKAGES and PurePosixPath(name).name != "__main__.py"
     ]
 

@@ -6,17 +6,8 @@ import re
 import subprocess
 import sys
 
+from tests.conftest import tracked_python_files
 from vocdata.paths import PROJECT_ROOT
-
-
-def _tracked_python_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    return [name for name in listed.stdout.split() if name]
 
 
 def test_ruff_is_clean():
@@ -33,7 +24,7 @@ def test_no_absolute_paths_in_code():
     pattern = re.compile(r"""["'](/home/|/tmp/|/root/|/Users/|/work/|[A-Z]:\\)""")
     offenders = [
         f"{name}:{number}"
-        for name in _tracked_python_files()
+        for name in tracked_python_files()
         if not name.startswith("tests/")
         for number, line in enumerate((PROJECT_ROOT / name).read_text().splitlines(), start=1)
         if pattern.search(line)

@@ -238,6 +238,7 @@ def _run_failing(args: list[str], tmp_path: Path) -> str:
     return result.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors_on_bad_input_are_clear(tiny_voc, tmp_path):
     missing_root = tmp_path / "absent" / "VOCdevkit" / "VOC2012"
     stderr = _run_failing(tiny_run_args(missing_root, tmp_path / "runs"), tmp_path)

@@ -57,9 +57,7 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
     )
 
 
-def add_arch_option(
-    parser: argparse.ArgumentParser, names: Sequence[str], default: str
-) -> None:
+def add_arch_option(parser: argparse.ArgumentParser, names: Sequence[str], default: str) -> None:
     """`--arch`, its choices given by the caller from training's backbone registry."""
     parser.add_argument(
         "--arch",
