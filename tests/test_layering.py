@@ -23,7 +23,7 @@ PACKAGES = ("vocdata", "training", "predictions", "evaluation", "gui", "wsconv")
 # them. The rest of evaluation (report, figures, grids) is used by nobody below it.
 METRICS = {"evaluation.metrics", "evaluation.ranking", "evaluation.tailacc"}
 REPORT = {"evaluation.report", "evaluation.figures", "evaluation.grids"}
-LOW_MODULES = METRICS | {"predictions.format", "predictions.ensemble"}
+LOW_MODULES = METRICS | {"evaluation.tables", "predictions.format", "predictions.ensemble"}
 
 
 @dataclass(frozen=True)
