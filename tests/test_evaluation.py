@@ -228,7 +228,6 @@ def pdf_pages(path) -> int:
     return len(re.findall(rb"/Type\s*/Page[^s]", path.read_bytes()))
 
 
-@pytest.mark.slow
 def test_report_end_to_end_on_real_labels(real_voc_root, tmp_path):
     run_dir = tmp_path / "runs" / "real"
     predictions = make_run(run_dir, read_split(real_voc_root, "val"))

@@ -127,7 +127,6 @@ def test_foreign_names_load_by_position_only_when_every_shape_fits(tmp_path):
 # -- whole runs ----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
     runs = tmp_path / "runs"
     result = subprocess.run(
