@@ -16,8 +16,8 @@ from predictions import Predictions
 log = logging.getLogger(__name__)
 
 TILE = 160
-TRUTH_COLOURS = {1: "tab:green", 0: "tab:orange", -1: "tab:red"}
-TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
+TRUTH_COLOURS = {1: "tab:green", 0: "tab:orange", -1: "tab:red", None: "tab:gray"}
+TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent", None: "unknown"}  # None: no labels
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class GridTile:
     rank: int  # 1 = highest score
     file: str
     score: float
-    label: int  # 1 / 0 difficult / -1
+    label: int | None  # 1 / 0 difficult / -1; None when the file has no labels
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,15 @@ def class_grids(predictions: Predictions, class_name: str, k: int) -> ClassGrids
     column = predictions.class_index(class_name)
     scores = predictions.scores[:, column]
     top, bottom = top_and_bottom(scores, k)
-    n = predictions.num_images
+    n, labels = predictions.num_images, predictions.labels
 
     def tiles(rows: np.ndarray, ranks: list[int]) -> list[GridTile]:
         return [
             GridTile(
-                rank, predictions.files[r], float(scores[r]), int(predictions.labels[r, column])
+                rank,
+                predictions.files[r],
+                float(scores[r]),
+                None if labels is None else int(labels[r, column]),
             )
             for r, rank in zip(rows, ranks, strict=True)
         ]

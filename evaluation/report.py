@@ -74,6 +74,8 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
 
 def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportInputs:
     predictions = load_predictions(predictions_path or run_dir / PREDICTIONS_FILENAME)
+    if predictions.labels is None:  # the unlabelled report shows no training curves
+        return ReportInputs(run_dir, predictions, [], None)
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     if config is None:

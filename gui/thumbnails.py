@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 TRUTH_COLOURS = {1: (46, 160, 67), 0: (245, 140, 0), -1: (214, 39, 40)}
-TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
+TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent", None: "unknown"}  # None: no labels
 BACKGROUND = (236, 236, 236)
 _READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 

@@ -159,28 +159,30 @@ def run(args: argparse.Namespace) -> Path:
     check_same_classes(models)
 
     if args.images:
-        data = image_folder_data(resolve_project_path(args.images), workers)
+        images_dir = resolve_project_path(args.images)
+        dataset_name, split = images_dir.name, "images"
     else:
         voc_root = (
             resolve_project_path(args.voc_root)
             if args.voc_root
             else _default_voc_root(models[0].provenance.get("voc_root"))
         )
-        difficult = models[0].provenance.get("difficult", "ignore")
-        data = voc_split_data(
-            voc_root, args.split or "val", difficult, args.skip_bad_images, workers
-        )
-
+        dataset_name, split = voc_root.name, args.split or "val"
     out = (
         resolve_project_path(args.out)
         if args.out
-        else default_output(models[0].run_dir, data.dataset_name, data.split)
+        else default_output(models[0].run_dir, dataset_name, split)
     )
-    if out.exists() and not args.overwrite:
+    if out.exists() and not args.overwrite:  # said before any slow work
         raise ScoringError(
             f"{project_relative(out)} exists already. Pass --overwrite to replace it, or "
             f"--out with another file name."
         )
+    if args.images:
+        data = image_folder_data(images_dir, workers)
+    else:
+        difficult = models[0].provenance.get("difficult", "ignore")
+        data = voc_split_data(voc_root, split, difficult, args.skip_bad_images, workers)
     log.info(
         "scoring %d image(s) of %s (%s) with %d model(s) on %s%s",
         len(data.files),

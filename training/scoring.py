@@ -129,7 +129,7 @@ def _saved_variant(path: Path) -> str | None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return saved.get("provenance", {}).get("model_variant")
-    except Exception:  # noqa: BLE001 - only a hint for the message; the real error is raised
+    except Exception:  # only a hint for the message; the caller raises the real error
         return None
 
 

@@ -40,7 +40,7 @@ def list_image_folder(folder: str | os.PathLike[str], workers: int = 8) -> Image
     """
     root = Path(folder)
     if not root.is_dir():
-        raise VocDataError(f"Image folder not found: {root}. Pass --images with an existing folder.")
+        raise VocDataError(f"Image folder not found: {root}. Pass --images an existing folder.")
     candidates, skipped = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
