@@ -95,6 +95,25 @@ def test_image_folder_rows_are_sorted_and_bad_files_listed_and_skipped(tiny_runs
     np.testing.assert_allclose(scored.scores, val.scores[rows], rtol=0, atol=1e-5)
 
 
+def test_a_voc_split_without_labels_is_scored_without_labels(tiny_runs, tmp_path):
+    voc, runs, run_a, _ = tiny_runs
+    root = tmp_path / "VOC2012"  # a copy: the module's tree stays as the other tests expect
+    shutil.copytree(voc.root, root)
+    held_out = voc.ids["val"][5:1:-1]
+    main = root / "ImageSets" / "Main"
+    (main / "holdout.txt").write_text("".join(f"{i}\n" for i in held_out))
+    (main / "dog_holdout.txt").write_text("".join(f"{i}\n" for i in held_out))  # ids only
+    out = tmp_path / "holdout.npz"
+    args = ("--model", "a", "--voc-root", str(root), "--split", "holdout", "--out", str(out))
+    assert _score(runs, *args) == 0
+    scored = load_predictions(out)
+    assert scored.labels is None and scored.provenance["split"] == "holdout"
+    assert scored.files == tuple(f"JPEGImages/{i}.jpg" for i in sorted(held_out))
+    val = load_predictions(run_a / "val_predictions.npz")
+    rows = [val.files.index(name) for name in scored.files]
+    np.testing.assert_allclose(scored.scores, val.scores[rows], rtol=0, atol=1e-5)
+
+
 def test_an_ensemble_equals_combine_scores_of_its_single_models(tiny_runs, tmp_path):
     _, runs, run_a, run_b = tiny_runs
     singles = []

@@ -33,10 +33,13 @@ from training.data import _loader
 from training.distributed import DistContext
 from training.loop import Runtime, predict
 from training.trainer import pick_runtime
+from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification, load_split_checked
+from vocdata.errors import ImageReadError
 from vocdata.files import project_relative, resolve_project_path
 from vocdata.folder import ImageFolderDataset, list_image_folder
-from vocdata.splits import read_split
+from vocdata.images import SKIP_HINT, find_bad_images
+from vocdata.splits import image_relative_path, main_dir, read_split
 from vocdata.transforms import eval_transform
 
 log = logging.getLogger("predictions")
@@ -178,7 +181,11 @@ def voc_split_data(
     skip_bad_images: bool = False,
     workers: int = 8,
 ) -> ScoringData:
-    """A split of a VOC-layout tree, labels read exactly as training reads them."""
+    """A split of a VOC-layout tree, labels read exactly as training reads them; a split whose
+    class files carry no labels (VOC2012's `test`) is scored without labels."""
+    unlabelled_ids = _ids_of_unlabelled_split(voc_root, split)
+    if unlabelled_ids is not None:
+        return _unlabelled_split_data(voc_root, split, unlabelled_ids, skip_bad_images, workers)
     listed = read_split(voc_root, split).relative_paths
     voc_split = load_split_checked(voc_root, split, skip_bad_images, max(1, workers))
     kept = set(voc_split.relative_paths)
@@ -192,6 +199,52 @@ def voc_split_data(
         skipped=[(rel, "missing or undecodable") for rel in listed if rel not in kept],
         difficult=difficult,
         _voc_split=voc_split,
+    )
+
+
+def _ids_of_unlabelled_split(voc_root: Path, split: str) -> list[str] | None:
+    """The sorted image ids of `split` if none of its class files holds a label, else None
+    (then `read_split` reads the labels, or says what is wrong with them)."""
+    main = main_dir(voc_root)
+    split_file = main / f"{split}.txt"
+    if not split_file.is_file() or "/" in split or "\\" in split:
+        return None
+    for class_name in VOC_CLASSES:
+        class_file = main / f"{class_name}_{split}.txt"
+        if class_file.is_file() and any(
+            len(line.split()) > 1 for line in class_file.read_text().splitlines()
+        ):
+            return None
+    return sorted({line.strip() for line in split_file.read_text().splitlines() if line.strip()})
+
+
+def _unlabelled_split_data(
+    voc_root: Path, split: str, image_ids: list[str], skip_bad_images: bool, workers: int
+) -> ScoringData:
+    log.warning(
+        "the %s split of %s has no labels (its class files hold none): scoring without labels",
+        split,
+        voc_root,
+    )
+    files = [image_relative_path(image_id) for image_id in image_ids]
+    bad = find_bad_images(voc_root, files, max(1, workers))
+    if bad and not skip_bad_images:
+        shown = "; ".join(f"{rel}: {reason}" for rel, reason in bad[:5])
+        raise ImageReadError(
+            f"{len(bad)} image(s) of the {split} split under {voc_root} cannot be read: {shown}. "
+            f"Restore them, or {SKIP_HINT}."
+        )
+    for relative, reason in bad:
+        log.warning("skipped %s: %s", relative, reason)
+    bad_names = {relative for relative, _ in bad}
+    return ScoringData(
+        root=voc_root,
+        files=tuple(f for f in files if f not in bad_names),
+        labels=None,
+        dataset_name=voc_root.name,
+        split=split,
+        source="voc-split",
+        skipped=list(bad),
     )
 
 
