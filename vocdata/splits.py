@@ -173,13 +173,11 @@ def read_split(voc_root: str | os.PathLike[str], split: str) -> VocSplit:
     from the 20 `<class>_<split>.txt` files, which must agree with that list exactly.
     """
     if not split or any(sep in split for sep in ("/", "\\")) or split.startswith("."):
-        raise ValueError(f"a split is a plain name like {', '.join(SPLITS)}; got {split!r}")
+        raise VocDataError(f"A split is a plain name like {', '.join(SPLITS)}; got {split!r}.")
     main = main_dir(Path(voc_root))
     split_file = main / f"{split}.txt"
     if split not in SPLITS and not split_file.is_file():
-        available = sorted(
-            path.stem for path in main.glob("*.txt") if "_" not in path.stem
-        )
+        available = sorted(path.stem for path in main.glob("*.txt") if "_" not in path.stem)
         raise VocDataError(
             f"No split '{split}' in {main} (no {split_file.name}). Splits there: "
             f"{', '.join(available) or 'none'}."
