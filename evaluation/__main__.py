@@ -8,7 +8,14 @@ import sys
 
 from evaluation.report import ReportInputError, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
-from predictions import PredictionsFormatError, RunNotFoundError, resolve_run_dir
+from evaluation.unlabelled import write_unlabelled_report
+from predictions import (
+    PREDICTIONS_FILENAME,
+    PredictionsFormatError,
+    RunNotFoundError,
+    load_predictions,
+    resolve_run_dir,
+)
 from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import project_relative, resolve_project_path
 
@@ -39,11 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--run", default="latest", help="run folder, its name under --runs-dir, or 'latest'"
+        "--run",
+        default=None,
+        help="run folder, its name under --runs-dir, or 'latest' (default: the run that wrote "
+        "--predictions, else latest)",
     )
     add_runs_dir_option(parser)
     parser.add_argument(
-        "--predictions", default=None, help="predictions file to evaluate instead of the run's own"
+        "--predictions",
+        default=None,
+        help="predictions file to evaluate instead of the run's own (e.g. one written by "
+        "python -m predictions; without labels the report shows score histograms and image "
+        "grids only)",
     )
     add_voc_root_option(parser, of_run=True)
     parser.add_argument(
@@ -68,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="difficult mode for AP (default: the one used in training)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing the grid classes")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/report)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <run>/report; for another predictions file "
+        "<its folder>/<its name>-report)",
+    )
     return parser
 
 
@@ -76,11 +95,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        run_dir = resolve_run_dir(args.run, args.runs_dir)
         predictions = resolve_project_path(args.predictions) if args.predictions else None
+        run = args.run
+        if run is None and predictions is not None:
+            run = load_predictions(predictions).provenance.get("run")  # None: latest
+        run_dir = resolve_run_dir(run, args.runs_dir)
         inputs = load_inputs(run_dir, predictions)
         out_dir = resolve_project_path(args.out) if args.out else run_dir / "report"
+        if not args.out and predictions and predictions != run_dir / PREDICTIONS_FILENAME:
+            out_dir = predictions.parent / f"{predictions.stem}-report"
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        if inputs.predictions.labels is None:
+            unlabelled = write_unlabelled_report(
+                inputs.predictions,
+                out_dir,
+                source=predictions or run_dir / PREDICTIONS_FILENAME,
+                voc_root=args.voc_root,
+                classes=classes,
+                k=args.k,
+            )
+            print(f"no labels: {unlabelled.images:,} images ranked, AP needs labels")
+            print(f"report: {project_relative(out_dir / 'report.pdf')} and report.md")
+            return 0
         summary = write_report(
             inputs,
             out_dir,

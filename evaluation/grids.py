@@ -23,7 +23,7 @@ class GridTile:
     rank: int  # 1 = highest score
     file: str
     score: float
-    label: int  # 1 / 0 difficult / -1
+    label: int | None  # 1 / 0 difficult / -1; None when the file has no labels
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,15 @@ def class_grids(predictions: Predictions, class_name: str, k: int) -> ClassGrids
     column = predictions.class_index(class_name)
     scores = predictions.scores[:, column]
     top, bottom = top_and_bottom(scores, k)
-    n = predictions.num_images
+    n, labels = predictions.num_images, predictions.labels
 
     def tiles(rows: np.ndarray, ranks: list[int]) -> list[GridTile]:
         return [
             GridTile(
-                rank, predictions.files[r], float(scores[r]), int(predictions.labels[r, column])
+                rank,
+                predictions.files[r],
+                float(scores[r]),
+                None if labels is None else int(labels[r, column]),
             )
             for r, rank in zip(rows, ranks, strict=True)
         ]

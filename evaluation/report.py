@@ -78,6 +78,8 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
 
 def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportInputs:
     predictions = load_predictions(predictions_path or run_dir / PREDICTIONS_FILENAME)
+    if predictions.labels is None:  # the unlabelled report shows no training curves
+        return ReportInputs(run_dir, predictions, [], None)
     config = _optional_json(run_dir / CONFIG_FILENAME, "the hyperparameters")
     produced_by = _optional_json(
         run_dir / RUN_PROVENANCE_FILENAME, "the loss code and package versions of the run"

@@ -138,7 +138,7 @@ class BrowserApp:
             sg.Button("Next ▶", key="-NEXT-"),
             sg.Button("Bottom", key="-LAST-"),
             sg.Text(
-                "   border: green = contains, orange = difficult, red = absent   "
+                f"   {self.model.border_legend()}   "
                 "keys: ←/→ PgUp/PgDn Home/End   click an image for all 20 scores",
                 font=("Helvetica", 9),
             ),

@@ -25,7 +25,7 @@ class RankedImage:
     row: int  # row in the predictions file
     file: str  # relative to the dataset root
     score: float
-    label: int  # 1 contains, 0 difficult, -1 absent
+    label: int | None  # 1 contains, 0 difficult, -1 absent; None: the file has no labels
 
 
 class RankingModel:
@@ -44,12 +44,17 @@ class RankingModel:
         self.difficult = DifficultMode(
             difficult or predictions.provenance.get("difficult", "ignore")
         )
-        self.targets, self.mask = targets_and_mask(predictions.labels, self.difficult)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UndefinedAPWarning)
-            self.class_ap = per_class_average_precision(
-                predictions.scores, predictions.labels, predictions.class_names, self.difficult
-            )
+        if predictions.labels is None:  # unlabelled photos: ranking only, nothing to count
+            shape = predictions.scores.shape
+            self.targets, self.mask = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            self.class_ap = np.full(predictions.num_classes, np.nan)
+        else:
+            self.targets, self.mask = targets_and_mask(predictions.labels, self.difficult)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UndefinedAPWarning)
+                self.class_ap = per_class_average_precision(
+                    predictions.scores, predictions.labels, predictions.class_names, self.difficult
+                )
         self._orders: dict[int, np.ndarray] = {}
         self.class_index = 0
         self.lowest_first = False
@@ -59,6 +64,15 @@ class RankingModel:
     @property
     def num_images(self) -> int:
         return self.predictions.num_images
+
+    @property
+    def has_labels(self) -> bool:
+        return self.predictions.labels is not None
+
+    def border_legend(self) -> str:
+        if not self.has_labels:
+            return "border: grey = unknown (these images have no labels)"
+        return "border: green = contains, orange = difficult, red = absent"
 
     @property
     def num_pages(self) -> int:
@@ -132,7 +146,7 @@ class RankingModel:
 
     def page_items(self, page: int | None = None) -> list[RankedImage]:
         """The images of a page (default: the current one), in display order."""
-        order, column = self.order(), self.class_index
+        order, column, labels = self.order(), self.class_index, self.predictions.labels
         items = []
         for rank in self.ranks_on_page(page):
             row = int(order[rank - 1])
@@ -142,7 +156,7 @@ class RankingModel:
                     row,
                     self.predictions.files[row],
                     float(self.predictions.scores[row, column]),
-                    int(self.predictions.labels[row, column]),
+                    None if labels is None else int(labels[row, column]),
                 )
             )
         return items
@@ -177,7 +191,10 @@ class RankingModel:
     def precision_line(self) -> str:
         """The HCI lesson, down to the last rank on screen (k): the precision of the top k and
         Tailacc at the k-th score; in the lowest-first view also how many of the images seen
-        from the bottom truly contain the class (the misses)."""
+        from the bottom truly contain the class (the misses). Without labels there is nothing
+        to count: the line says so instead."""
+        if not self.has_labels:
+            return "no labels in this file: ranking only (precision, Tailacc and AP need labels)"
         ranks = self.ranks_on_page()
         k = ranks[-1]
         score = float(self.predictions.scores[self.order()[k - 1], self.class_index])
@@ -198,14 +215,23 @@ class RankingModel:
         return "  ·  ".join(parts)
 
     def class_labels(self) -> list[str]:
-        """Class selector entries: name and AP."""
+        """Class selector entries: name and AP (name only when there are no labels)."""
+        if not self.has_labels:
+            return list(self.predictions.class_names)
         return [
             f"{name}  (AP {'n/a' if math.isnan(ap) else f'{ap:.3f}'})"
             for name, ap in zip(self.predictions.class_names, self.class_ap, strict=True)
         ]
 
-    def detail_rows(self, row: int) -> list[tuple[str, float, int]]:
-        """(class, score, label) of every class for one image, highest score first."""
-        scores, labels = self.predictions.scores[row], self.predictions.labels[row]
+    def detail_rows(self, row: int) -> list[tuple[str, float, int | None]]:
+        """(class, score, label or None) of every class for one image, highest score first."""
+        scores, labels = self.predictions.scores[row], self.predictions.labels
         order = np.argsort(-scores, kind="stable")
-        return [(self.predictions.class_names[c], float(scores[c]), int(labels[c])) for c in order]
+        return [
+            (
+                self.predictions.class_names[c],
+                float(scores[c]),
+                None if labels is None else int(labels[row, c]),
+            )
+            for c in order
+        ]

@@ -2,7 +2,9 @@
 
 Layout of the archive (N images, C classes):
 - `scores`       float32 (N, C), sigmoid probabilities in [0, 1]
-- `labels`       int8    (N, C), VOC labels: 1 present, 0 difficult, -1 absent
+- `labels`       int8    (N, C), VOC labels: 1 present, 0 difficult, -1 absent. Absent from
+                                 the archive when the images have no labels (version 2 on;
+                                 `Predictions.labels` is then None: a plain folder of photos)
 - `files`        str     (N,),   image paths relative to the dataset root, unique
 - `class_names`  str     (C,)
 - `provenance`   str     (),     JSON object: format_version, arch, weights, epoch, val_map,
@@ -22,7 +24,9 @@ import numpy as np
 
 from vocdata.atomic import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 always had labels; version 2 allows none. Both are read.
+READABLE_VERSIONS = (1, 2)
 PREDICTIONS_FILENAME = "val_predictions.npz"
 REQUIRED_PROVENANCE = (
     "format_version",
@@ -35,6 +39,7 @@ REQUIRED_PROVENANCE = (
     "created",
 )
 _ARRAYS = ("scores", "labels", "files", "class_names", "provenance")
+_REQUIRED_ARRAYS = {1: _ARRAYS, 2: ("scores", "files", "class_names", "provenance")}
 
 
 class PredictionsFormatError(ValueError):
@@ -48,10 +53,14 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Validated scores and labels of N images for C classes, rows in a fixed file order."""
+    """Validated scores and labels of N images for C classes, rows in a fixed file order.
+
+    `labels` is None for unlabelled images: they can be ranked and browsed, not scored (AP,
+    precision and Tailacc need the truth).
+    """
 
     scores: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     files: tuple[str, ...]
     class_names: tuple[str, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +68,8 @@ class Predictions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(str(f) for f in self.files))
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-        scores, labels = np.asarray(self.scores), np.asarray(self.labels)
+        scores = np.asarray(self.scores)
+        labels = None if self.labels is None else np.asarray(self.labels)
         n, c = len(self.files), len(self.class_names)
         _check(c > 0, "class_names is empty")
         _check(
@@ -67,7 +77,13 @@ class Predictions:
             f"scores have shape {scores.shape}, expected ({n}, {c}) "
             f"= (number of files, number of class names)",
         )
-        _check(labels.shape == (n, c), f"labels have shape {labels.shape}, expected ({n}, {c})")
+        if labels is not None:
+            _check(
+                labels.shape == (n, c), f"labels have shape {labels.shape}, expected ({n}, {c})"
+            )
+            _check(
+                bool(np.isin(labels, (-1, 0, 1)).all()), "labels must be 1, 0 (difficult) or -1"
+            )
         _check(
             np.issubdtype(scores.dtype, np.floating), f"scores must be floats, not {scores.dtype}"
         )
@@ -76,7 +92,6 @@ class Predictions:
             bool(((scores >= 0) & (scores <= 1)).all()),
             "scores must be probabilities in [0, 1] (apply the sigmoid before saving)",
         )
-        _check(bool(np.isin(labels, (-1, 0, 1)).all()), "labels must be 1, 0 (difficult) or -1")
         _check(len(set(self.files)) == n, "file names are not unique")
         _check(len(set(self.class_names)) == c, "class names are not unique")
         for name in self.files:
@@ -86,7 +101,12 @@ class Predictions:
                 f"file name {name!r} must be relative to the dataset root (forward slashes)",
             )
         object.__setattr__(self, "scores", scores.astype(np.float32, copy=False))
-        object.__setattr__(self, "labels", labels.astype(np.int8, copy=False))
+        if labels is not None:
+            object.__setattr__(self, "labels", labels.astype(np.int8, copy=False))
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
 
     @property
     def num_images(self) -> int:
@@ -107,20 +127,22 @@ class Predictions:
 
 
 def save_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
-    """Write `predictions` atomically; provenance gets the format version added."""
-    provenance = {"format_version": FORMAT_VERSION, **predictions.provenance}
+    """Write `predictions` atomically, always in the current format version (recorded in the
+    provenance); unlabelled predictions are written without a `labels` array."""
+    provenance = {**predictions.provenance, "format_version": FORMAT_VERSION}
     missing = [key for key in REQUIRED_PROVENANCE if key not in provenance]
     _check(not missing, f"provenance lacks {', '.join(missing)}")
     path = Path(path)
+    arrays = {
+        "scores": predictions.scores,
+        "files": np.array(predictions.files, dtype=np.str_),
+        "class_names": np.array(predictions.class_names, dtype=np.str_),
+        "provenance": np.array(json.dumps(provenance, sort_keys=True, allow_nan=False)),
+    }
+    if predictions.labels is not None:
+        arrays["labels"] = predictions.labels
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(
-            handle,
-            scores=predictions.scores,
-            labels=predictions.labels,
-            files=np.array(predictions.files, dtype=np.str_),
-            class_names=np.array(predictions.class_names, dtype=np.str_),
-            provenance=np.array(json.dumps(provenance, sort_keys=True, allow_nan=False)),
-        )
+        np.savez_compressed(handle, **arrays)
     return path
 
 
@@ -134,9 +156,9 @@ def load_predictions(path: str | os.PathLike[str]) -> Predictions:
         )
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in _ARRAYS if key not in archive.files]
+            missing = [key for key in _REQUIRED_ARRAYS[2] if key not in archive.files]
             _check(not missing, f"{path} is not a predictions file: it lacks {', '.join(missing)}")
-            arrays = {key: archive[key] for key in _ARRAYS}
+            arrays = {key: archive[key] for key in _ARRAYS if key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         if isinstance(error, PredictionsFormatError):
             raise
@@ -150,13 +172,16 @@ def load_predictions(path: str | os.PathLike[str]) -> Predictions:
     _check(isinstance(provenance, dict), f"{path}: provenance must be a JSON object")
     version = provenance.get("format_version")
     _check(
-        version == FORMAT_VERSION,
-        f"{path} has format version {version!r}; this program reads version {FORMAT_VERSION}",
+        version in READABLE_VERSIONS,
+        f"{path} has format version {version!r}; this program reads versions "
+        f"{', '.join(map(str, READABLE_VERSIONS))}",
     )
+    missing = [key for key in _REQUIRED_ARRAYS[version] if key not in arrays]
+    _check(not missing, f"{path} (format version {version}) lacks {', '.join(missing)}")
     try:
         return Predictions(
             scores=arrays["scores"],
-            labels=arrays["labels"],
+            labels=arrays.get("labels"),
             files=tuple(arrays["files"].tolist()),
             class_names=tuple(arrays["class_names"].tolist()),
             provenance=provenance,

@@ -39,7 +39,7 @@ def test_round_trip_is_exact_and_leaves_no_temporary_files(tmp_path):
     np.testing.assert_array_equal(loaded.labels, original.labels)
     assert loaded.scores.dtype == np.float32 and loaded.labels.dtype == np.int8
     assert loaded.files == original.files and loaded.class_names == original.class_names
-    assert loaded.provenance == {"format_version": 1, **PROVENANCE}
+    assert loaded.provenance == {"format_version": 2, **PROVENANCE}
     assert [p.name for p in tmp_path.iterdir()] == ["val_predictions.npz"]
 
 
@@ -69,7 +69,7 @@ def test_load_rejects_files_that_are_not_predictions(tmp_path):
         load_predictions(garbage)
     partial = tmp_path / "partial.npz"
     np.savez(partial, scores=np.zeros((2, 2), np.float32))
-    with pytest.raises(PredictionsFormatError, match="lacks labels"):
+    with pytest.raises(PredictionsFormatError, match="lacks files, class_names, provenance"):
         load_predictions(partial)
 
 
@@ -96,6 +96,50 @@ def test_load_reports_shape_mismatch_and_future_versions(tmp_path):
     )
     with pytest.raises(PredictionsFormatError, match="format version 99"):
         load_predictions(path)
+
+
+def _write_raw(path, predictions: Predictions, version: int, with_labels: bool = True) -> None:
+    """An archive as an older (or another) writer would have left it."""
+    arrays = {
+        "scores": predictions.scores,
+        "files": np.array(predictions.files),
+        "class_names": np.array(predictions.class_names),
+        "provenance": np.array(json.dumps({"format_version": version, **PROVENANCE})),
+    }
+    if with_labels:
+        arrays["labels"] = predictions.labels
+    np.savez(path, **arrays)
+
+
+def test_version_1_files_still_load_and_are_rewritten_as_version_2(tmp_path):
+    original = make_predictions()
+    _write_raw(tmp_path / "v1.npz", original, version=1)
+    loaded = load_predictions(tmp_path / "v1.npz")
+    np.testing.assert_array_equal(loaded.labels, original.labels)
+    assert loaded.has_labels and loaded.provenance["format_version"] == 1
+    save_predictions(tmp_path / "again.npz", loaded)
+    assert load_predictions(tmp_path / "again.npz").provenance["format_version"] == 2
+    _write_raw(tmp_path / "v1-bare.npz", original, version=1, with_labels=False)
+    with pytest.raises(PredictionsFormatError, match=r"format version 1\) lacks labels"):
+        load_predictions(tmp_path / "v1-bare.npz")
+
+
+def test_version_2_allows_no_labels_and_still_validates_the_rest(tmp_path):
+    unlabelled = Predictions(**(make_predictions().__dict__ | {"labels": None}))
+    assert not unlabelled.has_labels
+    path = save_predictions(tmp_path / "photos.npz", unlabelled)
+    with np.load(path) as archive:
+        assert "labels" not in archive.files
+    loaded = load_predictions(path)
+    assert loaded.labels is None and loaded.files == unlabelled.files
+    np.testing.assert_array_equal(loaded.scores, unlabelled.scores)
+    with pytest.raises(PredictionsFormatError, match="scores have shape"):
+        Predictions(**(unlabelled.__dict__ | {"scores": np.zeros((2, 3), np.float32)}))
+    broken = make_predictions()
+    object.__setattr__(broken, "scores", np.full((6, 3), 2.0, np.float32))
+    _write_raw(tmp_path / "bad.npz", broken, version=2, with_labels=False)
+    with pytest.raises(PredictionsFormatError, match="probabilities"):
+        load_predictions(tmp_path / "bad.npz")
 
 
 def test_saving_requires_provenance():

@@ -166,15 +166,22 @@ def _check_no_unknown_class_files(main: Path, split: str, class_names: tuple[str
 
 
 def read_split(voc_root: str | os.PathLike[str], split: str) -> VocSplit:
-    """Read an official split (`train`, `val` or `trainval`) of a VOC tree.
+    """Read a split of a VOC tree: an official one (`train`, `val`, `trainval`) or any other
+    that has its files in `ImageSets/Main` (VOC2007's `test`, a user's own).
 
     Image ids come from `ImageSets/Main/<split>.txt`, sorted for a deterministic order; labels
     from the 20 `<class>_<split>.txt` files, which must agree with that list exactly.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not split or any(sep in split for sep in ("/", "\\")) or split.startswith("."):
+        raise VocDataError(f"A split is a plain name like {', '.join(SPLITS)}; got {split!r}.")
     main = main_dir(Path(voc_root))
     split_file = main / f"{split}.txt"
+    if split not in SPLITS and not split_file.is_file():
+        available = sorted(path.stem for path in main.glob("*.txt") if "_" not in path.stem)
+        raise VocDataError(
+            f"No split '{split}' in {main} (no {split_file.name}). Splits there: "
+            f"{', '.join(available) or 'none'}."
+        )
     image_ids = sorted(_read_id_list(split_file))
     if not image_ids:
         raise VocDataError(f"{split_file} lists no images.")

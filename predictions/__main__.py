@@ -1,0 +1,241 @@
+"""`python -m predictions`: score any images with a saved model (or an ensemble) and write a
+predictions file that the GUI and `python -m evaluation` open.
+
+Thin on purpose: options, paths and messages here; the scoring itself (the trainer's own
+preprocessing and prediction loop) is `training.scoring`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from predictions.ensemble import AVERAGING_RULES, DEFAULT_AVERAGING_RULE
+from predictions.format import PredictionsFormatError, save_predictions
+from predictions.runs import RunNotFoundError
+from vocdata.options import add_device_option, add_runs_dir_option
+from vocdata.paths import project_relative, resolve_project_path
+from vocdata.splits import VOC_ROOT_ENV, resolve_voc_root
+
+log = logging.getLogger("predictions")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m predictions",
+        description="Score images with a trained model, or average several (an ensemble), and "
+        "write a predictions file for `python main_gui.py --predictions FILE` and `python -m "
+        "evaluation --predictions FILE`. With no arguments: the latest run's model on its own "
+        "validation split.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["latest"],
+        metavar="MODEL",
+        help="run folder, its name under --runs-dir, a model_best.pt, or 'latest'; several "
+        "make an ensemble whose scores are averaged with --average",
+    )
+    add_runs_dir_option(parser)
+    data = parser.add_argument_group("what to score (a VOC-layout split, or --images)")
+    data.add_argument(
+        "--voc-root",
+        default=None,
+        help=f"VOC-layout dataset root (holding ImageSets/Main and JPEGImages). Default: the "
+        f"root the (first) model was trained on if it exists here, else ${VOC_ROOT_ENV}, else "
+        f"the default root",
+    )
+    data.add_argument(
+        "--split",
+        default=None,
+        help="any split with files in ImageSets/Main: val, train, trainval, test, ... "
+        "(default: val); labels are read as training reads them",
+    )
+    data.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="score every JPEG/PNG under DIR (recursively, sorted) instead; no labels. Other "
+        "and unreadable files are skipped and listed",
+    )
+    data.add_argument(
+        "--skip-bad-images",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="VOC split: leave out missing or corrupt images (listed) instead of stopping",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--out",
+        default=None,
+        help="predictions file to write (default: <run of the first model>/predictions/"
+        "<dataset>-<split>.npz)",
+    )
+    output.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists already"
+    )
+    output.add_argument(
+        "--average",
+        choices=AVERAGING_RULES,
+        default=DEFAULT_AVERAGING_RULE,
+        help="how an ensemble's scores become one: the mean of the probabilities, or the "
+        "sigmoid of the mean logit (recorded in the file)",
+    )
+    machine = parser.add_argument_group("machine")
+    add_device_option(machine)
+    machine.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    machine.add_argument(
+        "--workers",
+        type=int,
+        default=-1,
+        help="data-loading processes (-1: one per core, at most 8; 0: in the main process)",
+    )
+    machine.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "off"],
+        default="auto",
+        help="mixed precision on CUDA (always off on the CPU)",
+    )
+    machine.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NHWC memory layout on CUDA",
+    )
+    machine.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
+    )
+    return parser
+
+
+def _file_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "data"
+
+
+def default_output(run_dir: Path, dataset_name: str, split: str) -> Path:
+    """`<run>/predictions/<dataset>-<split>.npz`, e.g. runs/x/predictions/VOC2007-test.npz."""
+    return run_dir / "predictions" / f"{_file_stem(dataset_name)}-{_file_stem(split)}.npz"
+
+
+def _default_voc_root(stored: str | None) -> Path:
+    """The model's own training root when it exists here, else the one dataset-root setting."""
+    if stored and resolve_project_path(stored).is_dir():
+        return resolve_project_path(stored)
+    return resolve_voc_root()
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Load, check, score, write; returns the file written. Errors are ScoringError & co."""
+    from training.config import default_workers
+    from training.scoring import (
+        ScoringError,
+        check_same_classes,
+        image_folder_data,
+        load_saved_model,
+        make_runtime,
+        resolve_model_path,
+        score,
+        voc_split_data,
+    )
+
+    if args.images and (args.voc_root or args.split):
+        raise ScoringError(
+            "--images scores a plain folder; it cannot be combined with --voc-root or --split."
+        )
+    if args.batch_size < 1:
+        raise ScoringError(f"--batch-size must be at least 1, got {args.batch_size}")
+    workers = default_workers() if args.workers < 0 else args.workers
+    try:
+        runtime = make_runtime(args.device, args.amp, args.channels_last)
+    except RuntimeError as error:  # --device cuda without a GPU
+        raise ScoringError(str(error)) from error
+    paths = [resolve_model_path(spec, args.runs_dir) for spec in args.model]
+    if len(set(paths)) != len(paths):
+        raise ScoringError("The same model is named twice in --model; name each model once.")
+    models = [load_saved_model(path) for path in paths]
+    check_same_classes(models)
+
+    if args.images:
+        images_dir = resolve_project_path(args.images)
+        dataset_name, split = images_dir.name, "images"
+    else:
+        voc_root = (
+            resolve_project_path(args.voc_root)
+            if args.voc_root
+            else _default_voc_root(models[0].provenance.get("voc_root"))
+        )
+        dataset_name, split = voc_root.name, args.split or "val"
+    out = (
+        resolve_project_path(args.out)
+        if args.out
+        else default_output(models[0].run_dir, dataset_name, split)
+    )
+    if out.exists() and not args.overwrite:  # said before any slow work
+        raise ScoringError(
+            f"{project_relative(out)} exists already. Pass --overwrite to replace it, or "
+            f"--out with another file name."
+        )
+    if args.images:
+        data = image_folder_data(images_dir, workers)
+    else:
+        difficult = models[0].provenance.get("difficult", "ignore")
+        data = voc_split_data(voc_root, split, difficult, args.skip_bad_images, workers)
+    log.info(
+        "scoring %d image(s) of %s (%s) with %d model(s) on %s%s",
+        len(data.files),
+        project_relative(data.root),
+        data.split,
+        len(models),
+        runtime.device,
+        f", {args.average}" if len(models) > 1 else "",
+    )
+    result = score(
+        models,
+        data,
+        runtime,
+        batch_size=args.batch_size,
+        workers=workers,
+        rule=args.average,
+        progress=args.progress,
+    )
+    save_predictions(out, result.predictions)
+    log.info(
+        "%d images in %.1f s: %.1f images/s on %s (batch %d, %d worker(s), %d model(s))",
+        len(data.files),
+        result.seconds,
+        result.images_per_second,
+        result.device,
+        args.batch_size,
+        workers,
+        len(models),
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from training.scoring import ScoringError
+    from vocdata.errors import VocDataError
+
+    try:
+        out = run(args)
+    except (ScoringError, VocDataError, RunNotFoundError, PredictionsFormatError) as error:
+        log.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: nothing was written")
+        return 130
+    relative = project_relative(out)
+    print(f"predictions: {relative}")
+    print(f"browse:   python main_gui.py --predictions {relative}")
+    print(f"evaluate: python -m evaluation --predictions {relative}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

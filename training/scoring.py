@@ -1,0 +1,423 @@
+"""Score images with saved models: a VOC-layout split or a plain folder, one model or several.
+
+The preprocessing is the trainer's own: `eval_transform` at the image size each model was
+trained with, the model normalising its own uint8 input, the trainer's validation loader
+settings, its `Runtime` (AMP and channels-last on CUDA) and `training.loop.predict`. So
+re-scoring a run's validation split reproduces its `val_predictions.npz`, and whatever the
+prediction pass learns (test-time augmentation) reaches every scorer at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from predictions import Predictions
+from predictions.ensemble import DEFAULT_AVERAGING_RULE, combine_scores
+from predictions.runs import RunNotFoundError, resolve_run_dir
+from training.checkpoint import BEST_MODEL, load_model
+from training.config import TrainConfig
+from training.data import _loader
+from training.distributed import DistContext
+from training.loop import Runtime, predict
+from training.trainer import pick_runtime
+from vocdata.classes import VOC_CLASSES
+from vocdata.dataset import VocClassification, load_split_checked
+from vocdata.errors import ImageReadError
+from vocdata.folder import ImageFolderDataset, list_image_folder
+from vocdata.images import SKIP_HINT, find_bad_images
+from vocdata.paths import project_relative, resolve_project_path
+from vocdata.splits import image_relative_path, main_dir, read_split
+from vocdata.transforms import eval_transform
+
+log = logging.getLogger("predictions")
+
+TTA_NONE = "none"
+
+
+class ScoringError(ValueError):
+    """The models or the data cannot be scored as asked; the message says why and the fix."""
+
+
+# -- models --------------------------------------------------------------------------------------
+@dataclass
+class SavedModel:
+    """One rebuilt model with what was saved beside its weights."""
+
+    path: Path
+    network: nn.Module
+    arch: str
+    class_names: tuple[str, ...]
+    image_size: int
+    provenance: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+def resolve_model_path(spec: str, runs_dir: str | os.PathLike[str]) -> Path:
+    """A `model_best.pt` from a file path, a run folder, a run name under `runs_dir` or
+    `latest`."""
+    candidate = resolve_project_path(spec)
+    if candidate.is_file():
+        return candidate
+    if candidate.suffix == ".pt":
+        raise ScoringError(f"Model file not found: {candidate}. Check the path given to --model.")
+    try:
+        run_dir = resolve_run_dir(spec, runs_dir)
+    except RunNotFoundError as error:
+        raise ScoringError(
+            f"No model at '{spec}': {error} Pass --model with a run folder, a model_best.pt or "
+            f"'latest' (looked in {resolve_project_path(runs_dir)})."
+        ) from error
+    path = run_dir / BEST_MODEL
+    if not path.is_file():
+        raise ScoringError(
+            f"{run_dir} holds no {BEST_MODEL} (training saves it after the first validated "
+            f"epoch). Pass another run to --model."
+        )
+    return path
+
+
+def load_saved_model(path: Path) -> SavedModel:
+    """Rebuild a model through `training.checkpoint.load_model`, turning what goes wrong with a
+    file that is not one of ours into one readable error."""
+    try:
+        network, saved = load_model(path)
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+    ) as error:
+        variant = _saved_variant(path)
+        if variant not in (None, "plain"):
+            raise ScoringError(
+                f"{path} is a '{variant}' model: its modules were changed before training, and "
+                f"`python -m predictions` rebuilds plain models only."
+            ) from error
+        raise ScoringError(
+            f"{path} is not a model saved by main_train.py ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). Pass a run folder "
+            f"or its model_best.pt to --model."
+        ) from error
+    return SavedModel(
+        path=path,
+        network=network,
+        arch=str(saved["arch"]),
+        class_names=tuple(saved["class_names"]),
+        image_size=int(saved["image_size"]),
+        provenance=dict(saved.get("provenance", {})),
+    )
+
+
+def _saved_variant(path: Path) -> str | None:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved.get("provenance", {}).get("model_variant")
+    except Exception:  # only a hint for the message; the caller raises the real error
+        return None
+
+
+def check_same_classes(models: list[SavedModel]) -> tuple[str, ...]:
+    """The ensemble's class names; models that predict different classes cannot be averaged."""
+    first = models[0]
+    for other in models[1:]:
+        if other.class_names != first.class_names:
+            raise ScoringError(
+                f"The models predict different classes and cannot be averaged: {first.path} has "
+                f"{len(first.class_names)} ({', '.join(first.class_names[:4])}, ...) and "
+                f"{other.path} has {len(other.class_names)} "
+                f"({', '.join(other.class_names[:4])}, ...). Ensemble models trained on the "
+                f"same class list."
+            )
+    return first.class_names
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class ScoringData:
+    """What to score: images relative to `root`, their labels (None: unlabelled), and how to
+    build the dataset at a given image size."""
+
+    root: Path
+    files: tuple[str, ...]
+    labels: np.ndarray | None
+    dataset_name: str
+    split: str
+    source: str  # "voc-split" or "image-folder"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    difficult: str = "ignore"
+    _voc_split: Any = None
+
+    def dataset(self, image_size: int, num_classes: int) -> Dataset:
+        transform = eval_transform(image_size)
+        if self._voc_split is not None:
+            return VocClassification(self.root, self._voc_split, self.difficult, transform)
+        return ImageFolderDataset(self.root, self.files, transform, num_classes)
+
+
+def voc_split_data(
+    voc_root: Path,
+    split: str,
+    difficult: str,
+    skip_bad_images: bool = False,
+    workers: int = 8,
+) -> ScoringData:
+    """A split of a VOC-layout tree, labels read exactly as training reads them; a split whose
+    class files carry no labels (VOC2012's `test`) is scored without labels."""
+    unlabelled_ids = _ids_of_unlabelled_split(voc_root, split)
+    if unlabelled_ids is not None:
+        return _unlabelled_split_data(voc_root, split, unlabelled_ids, skip_bad_images, workers)
+    listed = read_split(voc_root, split).relative_paths
+    voc_split = load_split_checked(voc_root, split, skip_bad_images, max(1, workers))
+    kept = set(voc_split.relative_paths)
+    return ScoringData(
+        root=voc_root,
+        files=tuple(voc_split.relative_paths),
+        labels=voc_split.labels,
+        dataset_name=voc_root.name,
+        split=split,
+        source="voc-split",
+        skipped=[(rel, "missing or undecodable") for rel in listed if rel not in kept],
+        difficult=difficult,
+        _voc_split=voc_split,
+    )
+
+
+def _ids_of_unlabelled_split(voc_root: Path, split: str) -> list[str] | None:
+    """The sorted image ids of `split` if none of its class files holds a label, else None
+    (then `read_split` reads the labels, or says what is wrong with them)."""
+    main = main_dir(voc_root)
+    split_file = main / f"{split}.txt"
+    if not split_file.is_file() or "/" in split or "\\" in split:
+        return None
+    for class_name in VOC_CLASSES:
+        class_file = main / f"{class_name}_{split}.txt"
+        if class_file.is_file() and any(
+            len(line.split()) > 1 for line in class_file.read_text().splitlines()
+        ):
+            return None
+    return sorted({line.strip() for line in split_file.read_text().splitlines() if line.strip()})
+
+
+def _unlabelled_split_data(
+    voc_root: Path, split: str, image_ids: list[str], skip_bad_images: bool, workers: int
+) -> ScoringData:
+    log.warning(
+        "the %s split of %s has no labels (its class files hold none): scoring without labels",
+        split,
+        voc_root,
+    )
+    files = [image_relative_path(image_id) for image_id in image_ids]
+    bad = find_bad_images(voc_root, files, max(1, workers))
+    if bad and not skip_bad_images:
+        shown = "; ".join(f"{rel}: {reason}" for rel, reason in bad[:5])
+        raise ImageReadError(
+            f"{len(bad)} image(s) of the {split} split under {voc_root} cannot be read: {shown}. "
+            f"Restore them, or {SKIP_HINT}."
+        )
+    for relative, reason in bad:
+        log.warning("skipped %s: %s", relative, reason)
+    bad_names = {relative for relative, _ in bad}
+    return ScoringData(
+        root=voc_root,
+        files=tuple(f for f in files if f not in bad_names),
+        labels=None,
+        dataset_name=voc_root.name,
+        split=split,
+        source="voc-split",
+        skipped=list(bad),
+    )
+
+
+def image_folder_data(folder: Path, workers: int = 8) -> ScoringData:
+    """Every readable JPEG/PNG under `folder`, sorted; the rest is listed and logged."""
+    listing = list_image_folder(folder, max(1, workers))
+    for relative, reason in listing.skipped:
+        log.warning("skipped %s: %s", relative, reason)
+    if listing.skipped:
+        log.warning(
+            "skipped %d file(s) of %s; scoring %d image(s)",
+            len(listing.skipped),
+            folder,
+            len(listing.relative_paths),
+        )
+    return ScoringData(
+        root=listing.root,
+        files=listing.relative_paths,
+        labels=None,
+        dataset_name=listing.root.name,
+        split="images",
+        source="image-folder",
+        skipped=list(listing.skipped),
+    )
+
+
+# -- the pass ------------------------------------------------------------------------------------
+class _StackedModels(nn.Module):
+    """Several models as one: their logits side by side, so one decoded batch feeds them all."""
+
+    def __init__(self, networks: list[nn.Module]) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([network(images) for network in self.networks], dim=1)
+
+
+class _RepeatedTargets(Dataset):
+    """Targets and mask repeated once per stacked model, matching `_StackedModels`' output."""
+
+    def __init__(self, dataset: Dataset, copies: int) -> None:
+        self.dataset, self.copies = dataset, copies
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        pixels, target, mask, row = self.dataset[index]
+        return pixels, target.repeat(self.copies), mask.repeat(self.copies), row
+
+
+@dataclass
+class ScoringResult:
+    predictions: Predictions
+    seconds: float
+    images_per_second: float
+    device: str
+
+
+def make_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """The trainer's runtime choice (device, AMP dtype, memory layout) for one process."""
+    return pick_runtime(
+        TrainConfig(device=device, amp=amp, channels_last=channels_last, workers=0),
+        DistContext(),
+    )
+
+
+def score(
+    models: list[SavedModel],
+    data: ScoringData,
+    runtime: Runtime,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    rule: str = DEFAULT_AVERAGING_RULE,
+    progress: bool = True,
+) -> ScoringResult:
+    """Sigmoid scores of every image of `data` under every model, combined with `rule`.
+
+    Models sharing an image size share one loader (each image decoded once for all of them).
+    """
+    class_names = check_same_classes(models)
+    if data.labels is not None and data.labels.shape[1] != len(class_names):
+        raise ScoringError(
+            f"The models predict {len(class_names)} classes but the data has labels for "
+            f"{data.labels.shape[1]}."
+        )
+    loader_config = TrainConfig(workers=workers, seed=0, batch_size=batch_size)
+    pin_memory = runtime.device.type == "cuda"
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    per_model: dict[int, np.ndarray] = {}
+    started = time.perf_counter()
+    for image_size in sorted({m.image_size for m in models}):
+        members = [i for i, m in enumerate(models) if m.image_size == image_size]
+        stacked = _StackedModels([models[i].network for i in members])
+        stacked.to(runtime.device, memory_format=memory_format)
+        dataset = _RepeatedTargets(data.dataset(image_size, len(class_names)), len(members))
+        loader = _loader(dataset, None, loader_config, batch_size, pin_memory, drop_last=False)
+        result = predict(
+            stacked, loader, runtime, progress=progress, description=f"scoring {image_size}px"
+        )
+        logits = np.empty((len(data.files), result.logits.shape[1]), dtype=np.float32)
+        logits[result.indices] = result.logits
+        for slot, model_index in enumerate(members):
+            columns = slice(slot * len(class_names), (slot + 1) * len(class_names))
+            per_model[model_index] = _sigmoid(logits[:, columns])
+    seconds = time.perf_counter() - started
+    scores = combine_scores([per_model[i] for i in range(len(models))], rule)
+    provenance = scoring_provenance(models, data, rule, runtime)
+    predictions = Predictions(
+        scores=scores,
+        labels=data.labels,
+        files=data.files,
+        class_names=class_names,
+        provenance=provenance,
+    )
+    rate = len(data.files) / max(seconds, 1e-9)
+    return ScoringResult(predictions, seconds, rate, str(runtime.device))
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The trainer's float64 sigmoid, so re-scored files match its predictions bit for bit."""
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
+def scoring_provenance(
+    models: list[SavedModel], data: ScoringData, rule: str, runtime: Runtime
+) -> dict[str, Any]:
+    """Which models, which data, which averaging, TTA and when: enough to redo the file."""
+    first = models[0].provenance
+
+    def same_or_list(key: str) -> Any:
+        values = [m.provenance.get(key) for m in models]
+        return values[0] if len(models) == 1 else values
+
+    archs = sorted({m.arch for m in models})
+    provenance = {
+        "arch": "+".join(archs),
+        "weights": same_or_list("weights"),
+        "epoch": same_or_list("epoch"),
+        "val_map": first.get("val_map") if len(models) == 1 else None,
+        "seed": same_or_list("seed"),
+        "difficult": data.difficult if data.source == "voc-split" else first.get("difficult"),
+        "model_variant": first.get("model_variant", "plain"),
+        "image_size": same_or_list("image_size"),
+        "models": [
+            {
+                "path": project_relative(m.path),
+                "arch": m.arch,
+                "epoch": m.provenance.get("epoch"),
+                "val_map": m.provenance.get("val_map"),
+                "image_size": m.image_size,
+            }
+            for m in models
+        ],
+        "ensemble_rule": rule if len(models) > 1 else None,
+        "tta": TTA_NONE,
+        "source": data.source,
+        "dataset": data.dataset_name,
+        "split": data.split,
+        "voc_root": project_relative(data.root),
+        "images": len(data.files),
+        "labelled": data.labels is not None,
+        "skipped_count": len(data.skipped),
+        "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
+        "run": project_relative(models[0].run_dir),
+        "scored_by": "python -m predictions",
+        "device": str(runtime.device),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if len(models) == 1:  # what the report describes about the one model's training
+        for key in ("train_images", "train_positives", "head"):
+            if key in first:
+                provenance[key] = first[key]
+    return provenance
