@@ -50,6 +50,7 @@ from training.distributed import (
     shutdown_distributed,
     sum_across,
 )
+from training.folds import Fold
 from training.loop import Runtime, predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
@@ -62,6 +63,7 @@ from vocdata.splits import resolve_voc_root
 log = logging.getLogger("training")
 
 HISTORY_FILENAME = "history.json"
+HELD_OUT_PREDICTIONS = "heldout_predictions.npz"  # a fold model's scores of its held-out fold
 LOG_FILENAME = "train.log"
 
 
@@ -155,10 +157,17 @@ class Trainer:
     """Holds the pieces of one run; `fit()` runs the epochs."""
 
     def __init__(
-        self, config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
+        self,
+        config: TrainConfig,
+        model_hook: ModelHook | None = None,
+        model_variant: str = "plain",
+        fold: Fold | None = None,
     ) -> None:
+        """With a `fold` (see training.crossval), train on its training rows of the train split,
+        choose the epoch on its held-out rows, and keep the run in `fold.run_dir`."""
         self.config = config
         self.model_variant = model_variant
+        self.fold = fold
         self.context = init_distributed(
             use_cuda=config.device != "cpu" and torch.cuda.is_available()
         )
@@ -178,7 +187,11 @@ class Trainer:
             ensure_voc_root(voc_root, download=config.download)
         barrier(self.context)
         self.data: RunData = build_run_data(
-            config, voc_root, self.context, pin_memory=self.runtime.device.type == "cuda"
+            config,
+            voc_root,
+            self.context,
+            pin_memory=self.runtime.device.type == "cuda",
+            fold=self.fold,
         )
 
         self.model: MultiLabelClassifier = build_classifier(
@@ -198,6 +211,10 @@ class Trainer:
         if config.resume:
             self.run_dir = resolve_project_path(config.resume)
             self._load_checkpoint(self.run_dir / LAST_CHECKPOINT)
+        elif self.fold is not None:
+            self.run_dir = self.fold.run_dir
+            if self.context.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         else:
             self.run_dir = Path(
                 broadcast_object(
@@ -245,16 +262,18 @@ class Trainer:
         )
 
     # -- one epoch ---------------------------------------------------------------------------
-    def _validate(self) -> tuple[np.ndarray, float]:
-        """Sigmoid scores of the whole val split in split order (gathered from all processes)."""
+    def _validate(self, loader=None, size: int | None = None) -> tuple[np.ndarray, float]:
+        """Sigmoid scores of the whole val split (or of `loader`'s `size` rows) in split order
+        (gathered from all processes)."""
         result = predict(
             self.train_model,
-            self.data.val_loader,
+            loader or self.data.val_loader,
             self.runtime,
             progress=self.config.progress and self.context.is_main,
         )
         loss_sum, mask_sum = sum_across([result.loss_sum, result.mask_sum], self.context)
-        logits = gather_rows(result.indices, result.logits, len(self.data.val_split), self.context)
+        size = len(self.data.val_split) if size is None else size
+        logits = gather_rows(result.indices, result.logits, size, self.context)
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         return scores.astype(np.float32), loss_sum / max(mask_sum, 1.0)
 
@@ -322,6 +341,16 @@ class Trainer:
             "run": project_relative(self.run_dir),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if self.fold is not None:
+            provenance.update(
+                split=f"train, {self.fold.label}",
+                fold=self.fold.number,
+                folds=self.fold.count,
+                heldout_map=record["val_map"],
+                heldout_map_classes=record["val_map_classes"],
+                val_map=None,  # the val split is not looked at while a fold model trains
+                val_map_classes=None,
+            )
         save_best_model(
             self.run_dir / BEST_MODEL,
             self.model,
@@ -331,7 +360,7 @@ class Trainer:
             provenance=provenance,
         )
         save_predictions(
-            self.run_dir / PREDICTIONS_FILENAME,
+            self.run_dir / (PREDICTIONS_FILENAME if self.fold is None else HELD_OUT_PREDICTIONS),
             Predictions(
                 scores=scores,
                 labels=self.data.val_split.labels,
@@ -340,7 +369,23 @@ class Trainer:
                 provenance=provenance,
             ),
         )
-        write_latest_pointer(config.runs_dir, self.run_dir)
+        if self.fold is None:  # a fold run's pointer names the whole run (training.crossval)
+            write_latest_pointer(config.runs_dir, self.run_dir)
+
+    @property
+    def _scored_on(self) -> str:
+        """What `val_*` of the epoch records measure: the val split, or a fold's held-out part."""
+        return "val" if self.fold is None else f"held-out (fold {self.fold.number})"
+
+    def score_test_split(self) -> np.ndarray:
+        """In a fold run, after `fit`: the val split scored by this fold's chosen model (it
+        was never used for a choice). All processes must call it."""
+        if self.data.test_loader is None or self.data.test_split is None:
+            raise RuntimeError("score_test_split is for fold runs (Trainer(..., fold=...))")
+        best = load_trusted(self.run_dir / BEST_MODEL)
+        self.model.load_state_dict(best["state_dict"])
+        scores, _ = self._validate(self.data.test_loader, len(self.data.test_split))
+        return scores
 
     def fit(self) -> Path:
         """Train the remaining epochs; return the run folder."""
@@ -353,7 +398,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state.epoch + 1)
-            _warn_undefined_classes(self.data.val_split, config.difficult)
+            _warn_undefined_classes(self.data.val_split, config.difficult, self._scored_on)
             log.info(
                 "run folder %s | %s on %s, amp=%s, %d train / %d val images",
                 project_relative(self.run_dir),
@@ -378,7 +423,7 @@ class Trainer:
                         self._save_best(record, scores)
                     _write_json(self.run_dir / HISTORY_FILENAME, self.state.history)
                     self._save_checkpoint()
-                    _log_epoch(writer, record, improved)
+                    _log_epoch(writer, record, improved, self._scored_on)
                 barrier(self.context)
                 if config.stop_after is not None and done_this_session >= config.stop_after:
                     log.info(
@@ -405,19 +450,19 @@ class Trainer:
         return self.run_dir
 
 
-def _warn_undefined_classes(val_split, difficult: str) -> None:
+def _warn_undefined_classes(val_split, difficult: str, scored_on: str = "val") -> None:
     targets, mask = val_split.targets_and_mask(difficult)
     empty = [name for c, name in enumerate(VOC_CLASSES) if not (targets[:, c] * mask[:, c]).any()]
     if empty:
         log.warning(
-            "no positive validation image for %s: AP undefined there, mAP covers the other "
-            "%d classes",
+            "no positive %s image for %s: AP undefined there, mAP covers the other %d classes",
+            scored_on,
             ", ".join(empty),
             len(VOC_CLASSES) - len(empty),
         )
 
 
-def _log_epoch(writer, record: dict[str, Any], improved: bool) -> None:
+def _log_epoch(writer, record: dict[str, Any], improved: bool, scored_on: str = "val") -> None:
     epoch = record["epoch"]
     writer.add_scalar("loss/train", record["train_loss"], epoch)
     writer.add_scalar("loss/val", record["val_loss"], epoch)
@@ -431,8 +476,9 @@ def _log_epoch(writer, record: dict[str, Any], improved: bool) -> None:
     writer.flush()
     val_map = record["val_map"]
     tqdm.write(
-        f"epoch {epoch}: train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}"
-        f"  val mAP {val_map if val_map is None else round(val_map, 4)} "
+        f"epoch {epoch}: train loss {record['train_loss']:.4f}  "
+        f"{scored_on} loss {record['val_loss']:.4f}"
+        f"  {scored_on} mAP {val_map if val_map is None else round(val_map, 4)} "
         f"({record['val_map_classes']} classes)  {record['seconds']:.1f}s"
         + ("  * best, saved" if improved else "")
     )
@@ -443,6 +489,10 @@ def run(
     config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
 ) -> Path:
     """Train with `config` (resuming if `config.resume`); return the run folder."""
+    if config.folds > 1:
+        from training.crossval import run_cross_validation  # it builds on this module
+
+        return run_cross_validation(config, model_hook, model_variant)
     trainer = Trainer(config, model_hook, model_variant)
     try:
         return trainer.fit()
