@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import main_train
+from evaluation.__main__ import main as evaluation_main
 from predictions import load_predictions
 from predictions.ensemble import combine_scores
 from tests.voc_fixture import TinyVoc, tiny_run_args
@@ -113,6 +114,7 @@ def _model_scores(model_path: Path, voc_root: Path) -> np.ndarray:
         ).numpy()
 
 
+@pytest.mark.slow
 def test_fold_run_scores_val_with_the_average_of_its_fold_models(tiny_voc, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert _train(tiny_voc, runs, "--epochs", "2", "--run-name", "cv") == 0
@@ -154,6 +156,18 @@ def test_fold_run_scores_val_with_the_average_of_its_fold_models(tiny_voc, tmp_p
     assert prov["cv_map_mean"] == pytest.approx(np.mean(prov["fold_heldout_map"]))
     assert prov["cv_map_std"] == pytest.approx(np.std(prov["fold_heldout_map"], ddof=1))
     assert len(prov["fold_epochs"]) == 2 and prov["epoch"] is None
+
+    # The report shows each fold's chosen epoch and held-out mAP, the CV estimate, and the
+    # ensemble's val mAP (recomputed from the scores: the same as training wrote).
+    assert evaluation_main(["--run", str(run_dir), "--k", "2"]) == 0
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["map_sklearn"] == pytest.approx(prov["val_map"])
+    assert summary["cross_validation"]["cv_map_mean"] == pytest.approx(prov["cv_map_mean"])
+    report = (run_dir / "report" / "report.md").read_text()
+    for fold, (epoch, heldout) in enumerate(
+        zip(prov["fold_epochs"], prov["fold_heldout_map"], strict=True), 1
+    ):
+        assert f"| {fold} | {epoch} | {heldout:.4f} |" in report
 
 
 def _corrupt_val_labels(root: Path) -> None:
