@@ -261,7 +261,10 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
     )
     if config.resume:
         run_dir = resolve_project_path(config.resume)
-        return run_dir, full_train, load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
+        assignment = load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
+        if context.is_main:  # with the options given again (e.g. a larger --epochs)
+            _write_json(run_dir / CONFIG_FILENAME, asdict(config))
+        return run_dir, full_train, assignment
     targets, _ = full_train.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, config.folds, config.seed)
     run_dir = Path(
