@@ -211,7 +211,9 @@ def test_run_stopped_in_fold_2_resumes_to_the_uninterrupted_result(tiny_voc, tmp
     halves = runs / "halves"
     assert load_trusted(halves / "folds" / "2" / "checkpoint_last.pt")["state"]["epoch"] == 1
     assert not (halves / "val_predictions.npz").exists()
-    assert main_train.main(["--resume", "latest", "--runs-dir", str(runs), "--folds", "3"]) == 2
+    for wrong in ("3", "1"):
+        resume = ["--resume", "latest", "--runs-dir", str(runs), "--folds", wrong]
+        assert main_train.main(resume) == 2
     assert main_train.main(["--resume", "latest", "--runs-dir", str(runs)]) == 0
 
     whole = runs / "whole"

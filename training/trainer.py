@@ -50,7 +50,7 @@ from training.distributed import (
     shutdown_distributed,
     sum_across,
 )
-from training.folds import Fold
+from training.folds import FOLDS_FILENAME, Fold
 from training.loop import Runtime, predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
@@ -489,7 +489,8 @@ def run(
     config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
 ) -> Path:
     """Train with `config` (resuming if `config.resume`); return the run folder."""
-    if config.folds > 1:
+    fold_run = config.resume and (resolve_project_path(config.resume) / FOLDS_FILENAME).is_file()
+    if config.folds > 1 or fold_run:  # (a fold run resumed with --folds 1 is told it was one)
         from training.crossval import run_cross_validation  # it builds on this module
 
         return run_cross_validation(config, model_hook, model_variant)
