@@ -234,7 +234,7 @@ def _write_ensemble(
     return summary
 
 
-def summary_line(summary: dict[str, Any], seconds: float) -> str:
+def summary_line(summary: dict[str, Any], seconds: float, resumed: bool = False) -> str:
     """One line for the console: the CV estimate, the ensemble's val mAP and the wall time."""
 
     def fmt(value: float | None) -> str:
@@ -246,6 +246,7 @@ def summary_line(summary: dict[str, Any], seconds: float) -> str:
         f"{fmt(summary['cv_map_std'])} (folds {folds}; epochs {summary['fold_epochs']}) | "
         f"ensemble of {summary['folds']} on val: mAP {fmt(summary['ensemble_val_map'])} over "
         f"{summary['ensemble_val_map_classes']} classes | wall time {seconds:.1f} s"
+        + (" (this session)" if resumed else "")
     )
 
 
@@ -301,7 +302,7 @@ def run_cross_validation(
             return run_dir
         seconds = time.perf_counter() - started
         summary = _write_ensemble(config, run_dir, folds, results, full_train, seconds)
-        print(summary_line(summary, seconds), flush=True)
+        print(summary_line(summary, seconds, resumed=bool(config.resume)), flush=True)
         barrier(context)
         return run_dir
     finally:

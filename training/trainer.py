@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from evaluation.metrics import (
@@ -262,12 +263,14 @@ class Trainer:
         )
 
     # -- one epoch ---------------------------------------------------------------------------
-    def _validate(self, loader=None, size: int | None = None) -> tuple[np.ndarray, float]:
+    def _validate(
+        self, loader: DataLoader | None = None, size: int | None = None
+    ) -> tuple[np.ndarray, float]:
         """Sigmoid scores of the whole val split (or of `loader`'s `size` rows) in split order
         (gathered from all processes)."""
         result = predict(
             self.train_model,
-            loader or self.data.val_loader,
+            self.data.val_loader if loader is None else loader,
             self.runtime,
             progress=self.config.progress and self.context.is_main,
         )
@@ -400,13 +403,14 @@ class Trainer:
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state.epoch + 1)
             _warn_undefined_classes(self.data.val_split, config.difficult, self._scored_on)
             log.info(
-                "run folder %s | %s on %s, amp=%s, %d train / %d val images",
+                "run folder %s | %s on %s, amp=%s, %d train / %d %s images",
                 project_relative(self.run_dir),
                 config.arch,
                 self.runtime.device,
                 self.runtime.amp_dtype,
                 len(self.data.train_split),
                 len(self.data.val_split),
+                self._scored_on,
             )
         try:
             epochs = range(self.state.epoch + 1, config.epochs + 1)
