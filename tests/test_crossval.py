@@ -87,6 +87,13 @@ def test_saved_folds_are_read_back_and_checked(tmp_path):
         assign_folds(split.labels == 1, 7, seed=0)
 
 
+def test_impossible_fold_counts_are_refused_before_any_run_folder(tiny_voc, tmp_path):
+    runs = tmp_path / "runs"
+    assert _train(tiny_voc, runs, "--batch-size", "16") == 2  # 12 images per fold model
+    assert main_train.main(tiny_run_args(tiny_voc.root, runs, "--folds", "30")) == 2
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 def test_cv_estimate_is_mean_and_spread_between_folds():
     mean, std = cv_estimate([0.5, 0.7, None])
     assert mean == pytest.approx(0.6) and std == pytest.approx(np.std([0.5, 0.7], ddof=1))

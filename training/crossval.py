@@ -268,6 +268,13 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
         return run_dir, full_train, assignment
     targets, _ = full_train.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, config.folds, config.seed)
+    smallest = len(full_train) - int(np.bincount(assignment).max())
+    if smallest < config.batch_size * context.world_size:
+        raise FoldsError(
+            f"with --folds {config.folds} a fold model trains on as few as {smallest} images, "
+            f"fewer than one batch of {config.batch_size} x {context.world_size} process(es): "
+            f"lower --batch-size or --folds."
+        )
     run_dir = Path(
         broadcast_object(str(_new_run_dir(config)) if context.is_main else None, context)
     )
