@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from evaluation import crossval
 from evaluation.report import ReportInputError, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
 from evaluation.unlabelled import write_unlabelled_report
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         f"over {summary.classes_in_map} classes; Tailacc mean {summary.tailacc_mean_first:.3f} "
         f"at t=0.5 -> {summary.tailacc_mean_last:.3f} at the highest t"
     )
+    if summary.cross_validation is not None:
+        print(crossval.estimate_line(summary.cross_validation))
     print(f"report: {project_relative(out_dir / 'report.pdf')} and report.md, figures beside")
     return 0
 

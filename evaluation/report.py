@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
+from evaluation import crossval
 from evaluation.figures import (
     per_class_ap_figure,
     table_figure,
@@ -111,6 +112,7 @@ class ReportSummary:
     tailacc_classes: int
     grid_classes: list[str]
     files: list[str] = field(default_factory=list)
+    cross_validation: dict[str, Any] | None = None  # --folds K runs: see evaluation/crossval.py
 
 
 def pick_grid_classes(
@@ -245,7 +247,12 @@ def write_report(
     best_epoch = preds.provenance.get("epoch")
 
     figures: list[tuple[str, Figure]] = [
-        ("curves", training_curves_figure(history, best_epoch)),
+        (
+            "curves",
+            crossval.fold_curves_figure(history, preds.provenance)
+            if crossval.is_cross_validated(preds.provenance)
+            else training_curves_figure(history, best_epoch),
+        ),
         ("per_class_ap", per_class_ap_figure(ap, preds.class_names, map_sklearn.value)),
     ]
     header, rows = _metrics_table(preds, ap, ap_voc, difficult)
@@ -277,6 +284,9 @@ def write_report(
         tailacc_mean_last=float(curves.mean[-1]),
         tailacc_classes=int(curves.classes_in_mean[0]),
         grid_classes=grid_classes,
+        cross_validation=crossval.cross_validation_summary(preds.provenance)
+        if crossval.is_cross_validated(preds.provenance)
+        else None,
     )
     _write_grids_json(out_dir / "grids.json", grids, written)
     text_blocks = _text_blocks(inputs, summary, difficult, voc_root_path, k, num_thresholds)
@@ -341,8 +351,12 @@ def _text_blocks(
             f"created      {prov.get('created')}\n"
             f"model        {prov.get('arch')} ({prov.get('model_variant', 'plain')}), "
             f"weights {prov.get('weights')}\n"
-            f"saved epoch  {prov.get('epoch')} (best validation mAP during training: "
-            f"{_fmt(prov.get('val_map'))})",
+            + (
+                crossval.run_lines(prov)
+                if crossval.is_cross_validated(prov)
+                else f"saved epoch  {prov.get('epoch')} (best validation mAP during training: "
+                f"{_fmt(prov.get('val_map'))})"
+            ),
         ),
         (
             "Data",
@@ -402,6 +416,8 @@ def _write_markdown(
     for heading, body in blocks[:-1]:
         parts.append(f"## {heading}\n\n```\n{body}\n```\n")
     parts.append("## Curves\n\n![loss and mAP per epoch](curves.png)\n")
+    if crossval.is_cross_validated(inputs.predictions.provenance):
+        parts.append(crossval.markdown_section(inputs.predictions.provenance))
     parts.append("## Per-class average precision\n\n![per-class AP](per_class_ap.png)\n")
     parts.append("## Accuracy versus AP\n\n" + markdown_table(header, rows) + "\n")
     tailacc_text = dict(blocks)["Tailacc"].replace("\n", " ")

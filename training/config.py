@@ -69,6 +69,8 @@ class TrainConfig:
     resume: str | None = None
     stop_after: int | None = None
     progress: bool = True
+    # k-fold cross-validation on the train split (1 = one model, epoch chosen on val)
+    folds: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -83,6 +85,20 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         data = json.loads(Path(path).read_text())
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def _fold_count(text: str) -> int:
+    """argparse type of --folds: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"--folds must be a whole number >= 1 (1: one model; k >= 2: k-fold "
+            f"cross-validation), got {text!r}"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop cleanly after N epochs of this session (time-boxed jobs); "
         "continue later with --resume",
+    )
+    book.add_argument(
+        "--folds",
+        type=_fold_count,
+        default=d.folds,
+        metavar="K",
+        help="1: one model, its epoch chosen on the val split. K >= 2: K-fold cross-validation "
+        "on the train split (multi-label stratified, fixed by --seed): K models under "
+        "<run>/folds/<k>/, each with its epoch chosen on its own held-out fold only; the val "
+        "split is scored once, by the average of the K models, and never used for a choice",
     )
     book.add_argument(
         "--progress",

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from training.config import TrainConfig
 from training.distributed import DistContext, barrier
+from training.folds import Fold
 from training.sampling import EpochSampler
 from training.seed import seed_worker
 from vocdata.cache import ImageCache, open_or_build_cache
-from vocdata.dataset import VocClassification, load_split_checked
+from vocdata.dataset import SampleKey, VocClassification, load_split_checked
 from vocdata.errors import VocDataError
 from vocdata.paths import resolve_project_path
 from vocdata.splits import VocSplit
@@ -22,12 +24,42 @@ from vocdata.transforms import eval_resize_size, eval_transform, train_transform
 
 @dataclass
 class RunData:
+    """`val_*` is what the epoch is chosen on: the val split, or in a fold run the fold's
+    held-out part of train. `test_*` (fold runs only) is the val split, scored once at the end
+    and never used for a choice."""
+
     voc_root: Path
     train_split: VocSplit
     val_split: VocSplit
     train_loader: DataLoader
     val_loader: DataLoader
     train_sampler: EpochSampler
+    test_split: VocSplit | None = None
+    test_loader: DataLoader | None = None
+
+
+class RowSubset(Dataset):
+    """Rows `rows` of a `VocClassification`, renumbered 0..n-1 (also the index each sample
+    reports), so samplers and prediction gathering work on the subset as on a whole split."""
+
+    def __init__(self, dataset: VocClassification, rows: np.ndarray) -> None:
+        self.dataset = dataset
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: SampleKey):
+        position, seed = key if isinstance(key, tuple) else (key, None)
+        row = int(self.rows[position])
+        pixels, target, mask, _ = self.dataset[row if seed is None else (row, seed)]
+        return pixels, target, mask, position
+
+
+def _rows_mask(rows: np.ndarray, size: int) -> np.ndarray:
+    keep = np.zeros(size, dtype=bool)
+    keep[rows] = True
+    return keep
 
 
 def _loader(
@@ -69,13 +101,21 @@ def _split_cache(
 
 
 def build_run_data(
-    config: TrainConfig, voc_root: Path, context: DistContext, pin_memory: bool
+    config: TrainConfig,
+    voc_root: Path,
+    context: DistContext,
+    pin_memory: bool,
+    fold: Fold | None = None,
 ) -> RunData:
     """Check both splits, then build the loaders: shuffled with per-sample seeds for training,
-    in split order for validation (never shuffled)."""
+    in split order for validation (never shuffled). With a `fold`, training uses its training
+    rows of the train split and validation its held-out rows; the val split becomes `test_*`."""
     workers = max(1, config.workers)
-    train_split = load_split_checked(voc_root, "train", config.skip_bad_images, workers)
+    full_train = load_split_checked(voc_root, "train", config.skip_bad_images, workers)
     val_split = load_split_checked(voc_root, "val", config.skip_bad_images, workers)
+    train_split = full_train
+    if fold is not None:
+        train_split = full_train.subset(_rows_mask(fold.train_rows, len(full_train)))
     if len(train_split) < config.batch_size * context.world_size:
         raise VocDataError(
             f"The train split has {len(train_split)} images, fewer than one batch of "
@@ -83,14 +123,29 @@ def build_run_data(
         )
     train_cache = val_cache = None
     if config.cache_dir:
-        train_cache = _split_cache(config, voc_root, train_split, context)
+        train_cache = _split_cache(config, voc_root, full_train, context)
         val_cache = _split_cache(config, voc_root, val_split, context)
     train_set = VocClassification(
-        voc_root, train_split, config.difficult, train_transform(config.image_size), train_cache
+        voc_root, full_train, config.difficult, train_transform(config.image_size), train_cache
     )
     val_set = VocClassification(
         voc_root, val_split, config.difficult, eval_transform(config.image_size), val_cache
     )
+    test_split = test_set = None
+    if fold is not None:
+        test_split, test_set = val_split, val_set
+        val_split = full_train.subset(_rows_mask(fold.held_out_rows, len(full_train)))
+        val_set = RowSubset(
+            VocClassification(
+                voc_root,
+                full_train,
+                config.difficult,
+                eval_transform(config.image_size),
+                train_cache,
+            ),
+            fold.held_out_rows,
+        )
+        train_set = RowSubset(train_set, fold.train_rows)
     train_sampler = EpochSampler(
         len(train_set),
         config.seed,
@@ -107,6 +162,19 @@ def build_run_data(
         rank=context.rank,
         world_size=context.world_size,
     )
+    test_loader = None
+    if test_set is not None:
+        test_sampler = EpochSampler(
+            len(test_set),
+            config.seed,
+            shuffle=False,
+            with_seeds=False,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+        test_loader = _loader(
+            test_set, test_sampler, config, 2 * config.batch_size, pin_memory, drop_last=False
+        )
     return RunData(
         voc_root=voc_root,
         train_split=train_split,
@@ -118,4 +186,6 @@ def build_run_data(
             val_set, val_sampler, config, 2 * config.batch_size, pin_memory, drop_last=False
         ),
         train_sampler=train_sampler,
+        test_split=test_split,
+        test_loader=test_loader,
     )

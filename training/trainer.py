@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from evaluation.metrics import (
@@ -51,6 +52,7 @@ from training.distributed import (
     shutdown_distributed,
     sum_across,
 )
+from training.folds import FOLDS_FILENAME, Fold
 from training.loop import Runtime, predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
@@ -64,6 +66,7 @@ from vocdata.splits import resolve_voc_root
 
 log = logging.getLogger("training")
 
+HELD_OUT_PREDICTIONS = "heldout_predictions.npz"  # a fold model's scores of its held-out fold
 LOG_FILENAME = "train.log"
 
 
@@ -117,9 +120,16 @@ def build_training_parts(
     context: DistContext,
     voc_root: Path,
     model_hook: ModelHook | None = None,
+    fold: Fold | None = None,
 ) -> TrainingParts:
-    """Loaders, model (on the device, in its memory layout), optimizer, scheduler, scaler."""
-    data = build_run_data(config, voc_root, context, pin_memory=runtime.device.type == "cuda")
+    """Loaders, model (on the device, in its memory layout), optimizer, scheduler, scaler.
+
+    With `fold`, training uses that fold's share of the train split and selection its held-out
+    part (the val split is then only scored, never used for a choice).
+    """
+    data = build_run_data(
+        config, voc_root, context, pin_memory=runtime.device.type == "cuda", fold=fold
+    )
     model = build_classifier(config.arch, len(VOC_CLASSES), config.weights)
     if model_hook is not None:
         model = model_hook(model)
@@ -189,10 +199,17 @@ class Trainer:
     """Holds the pieces of one run; `fit()` runs the epochs."""
 
     def __init__(
-        self, config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
+        self,
+        config: TrainConfig,
+        model_hook: ModelHook | None = None,
+        model_variant: str = "plain",
+        fold: Fold | None = None,
     ) -> None:
+        """With a `fold` (see training.crossval), train on its training rows of the train split,
+        choose the epoch on its held-out rows, and keep the run in `fold.run_dir`."""
         self.config = config
         self.model_variant = model_variant
+        self.fold = fold
         self.context = init_distributed(
             use_cuda=config.device != "cpu" and torch.cuda.is_available()
         )
@@ -211,7 +228,9 @@ class Trainer:
         if self.context.is_main:
             ensure_voc_root(voc_root, download=config.download)
         barrier(self.context)
-        parts = build_training_parts(config, self.runtime, self.context, voc_root, model_hook)
+        parts = build_training_parts(
+            config, self.runtime, self.context, voc_root, model_hook, fold=self.fold
+        )
         self.data: RunData = parts.data
         self.model: MultiLabelClassifier = parts.model
         self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
@@ -220,6 +239,10 @@ class Trainer:
         if config.resume:
             self.run_dir = resolve_project_path(config.resume)
             self._load_checkpoint(self.run_dir / LAST_CHECKPOINT)
+        elif self.fold is not None:
+            self.run_dir = self.fold.run_dir
+            if self.context.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         else:
             self.run_dir = Path(
                 broadcast_object(
@@ -267,16 +290,20 @@ class Trainer:
         )
 
     # -- one epoch ---------------------------------------------------------------------------
-    def _validate(self) -> tuple[np.ndarray, float]:
-        """Sigmoid scores of the whole val split in split order (gathered from all processes)."""
+    def _validate(
+        self, loader: DataLoader | None = None, size: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Sigmoid scores of the whole val split (or of `loader`'s `size` rows) in split order
+        (gathered from all processes)."""
         result = predict(
             self.train_model,
-            self.data.val_loader,
+            self.data.val_loader if loader is None else loader,
             self.runtime,
             progress=self.config.progress and self.context.is_main,
         )
         loss_sum, mask_sum = sum_across([result.loss_sum, result.mask_sum], self.context)
-        logits = gather_rows(result.indices, result.logits, len(self.data.val_split), self.context)
+        size = len(self.data.val_split) if size is None else size
+        logits = gather_rows(result.indices, result.logits, size, self.context)
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         return scores.astype(np.float32), loss_sum / max(mask_sum, 1.0)
 
@@ -344,6 +371,16 @@ class Trainer:
             "run": project_relative(self.run_dir),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if self.fold is not None:
+            provenance.update(
+                split=f"train, {self.fold.label}",
+                fold=self.fold.number,
+                folds=self.fold.count,
+                heldout_map=record["val_map"],
+                heldout_map_classes=record["val_map_classes"],
+                val_map=None,  # the val split is not looked at while a fold model trains
+                val_map_classes=None,
+            )
         save_best_model(
             self.run_dir / BEST_MODEL,
             self.model,
@@ -353,7 +390,7 @@ class Trainer:
             provenance=provenance,
         )
         save_predictions(
-            self.run_dir / PREDICTIONS_FILENAME,
+            self.run_dir / (PREDICTIONS_FILENAME if self.fold is None else HELD_OUT_PREDICTIONS),
             Predictions(
                 scores=scores,
                 labels=self.data.val_split.labels,
@@ -362,7 +399,23 @@ class Trainer:
                 provenance=provenance,
             ),
         )
-        write_latest_pointer(config.runs_dir, self.run_dir)
+        if self.fold is None:  # a fold run's pointer names the whole run (training.crossval)
+            write_latest_pointer(config.runs_dir, self.run_dir)
+
+    @property
+    def _scored_on(self) -> str:
+        """What `val_*` of the epoch records measure: the val split, or a fold's held-out part."""
+        return "val" if self.fold is None else f"held-out (fold {self.fold.number})"
+
+    def score_test_split(self) -> np.ndarray:
+        """In a fold run, after `fit`: the val split scored by this fold's chosen model (it
+        was never used for a choice). All processes must call it."""
+        if self.data.test_loader is None or self.data.test_split is None:
+            raise RuntimeError("score_test_split is for fold runs (Trainer(..., fold=...))")
+        best = load_trusted(self.run_dir / BEST_MODEL)
+        self.model.load_state_dict(best["state_dict"])
+        scores, _ = self._validate(self.data.test_loader, len(self.data.test_split))
+        return scores
 
     def fit(self) -> Path:
         """Train the remaining epochs; return the run folder."""
@@ -377,15 +430,16 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.state.epoch + 1)
-            _warn_undefined_classes(self.data.val_split, config.difficult)
+            _warn_undefined_classes(self.data.val_split, config.difficult, self._scored_on)
             log.info(
-                "run folder %s | %s on %s, amp=%s, %d train / %d val images",
+                "run folder %s | %s on %s, amp=%s, %d train / %d %s images",
                 project_relative(self.run_dir),
                 config.arch,
                 self.runtime.device,
                 self.runtime.amp_dtype,
                 len(self.data.train_split),
                 len(self.data.val_split),
+                self._scored_on,
             )
         try:
             epochs = range(self.state.epoch + 1, config.epochs + 1)
@@ -402,7 +456,7 @@ class Trainer:
                         self._save_best(record, scores)
                     _write_json(self.run_dir / HISTORY_FILENAME, self.state.history)
                     self._save_checkpoint()
-                    _log_epoch(writer, record, improved)
+                    _log_epoch(writer, record, improved, self._scored_on)
                 barrier(self.context)
                 if config.stop_after is not None and done_this_session >= config.stop_after:
                     log.info(
@@ -429,19 +483,19 @@ class Trainer:
         return self.run_dir
 
 
-def _warn_undefined_classes(val_split, difficult: str) -> None:
+def _warn_undefined_classes(val_split, difficult: str, scored_on: str = "val") -> None:
     targets, mask = val_split.targets_and_mask(difficult)
     empty = [name for c, name in enumerate(VOC_CLASSES) if not (targets[:, c] * mask[:, c]).any()]
     if empty:
         log.warning(
-            "no positive validation image for %s: AP undefined there, mAP covers the other "
-            "%d classes",
+            "no positive %s image for %s: AP undefined there, mAP covers the other %d classes",
+            scored_on,
             ", ".join(empty),
             len(VOC_CLASSES) - len(empty),
         )
 
 
-def _log_epoch(writer, record: dict[str, Any], improved: bool) -> None:
+def _log_epoch(writer, record: dict[str, Any], improved: bool, scored_on: str = "val") -> None:
     epoch = record["epoch"]
     writer.add_scalar("loss/train", record["train_loss"], epoch)
     writer.add_scalar("loss/val", record["val_loss"], epoch)
@@ -455,8 +509,9 @@ def _log_epoch(writer, record: dict[str, Any], improved: bool) -> None:
     writer.flush()
     val_map = record["val_map"]
     tqdm.write(
-        f"epoch {epoch}: train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}"
-        f"  val mAP {val_map if val_map is None else round(val_map, 4)} "
+        f"epoch {epoch}: train loss {record['train_loss']:.4f}  "
+        f"{scored_on} loss {record['val_loss']:.4f}"
+        f"  {scored_on} mAP {val_map if val_map is None else round(val_map, 4)} "
         f"({record['val_map_classes']} classes)  {record['seconds']:.1f}s"
         + ("  * best, saved" if improved else "")
     )
@@ -467,6 +522,11 @@ def run(
     config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
 ) -> Path:
     """Train with `config` (resuming if `config.resume`); return the run folder."""
+    fold_run = config.resume and (resolve_project_path(config.resume) / FOLDS_FILENAME).is_file()
+    if config.folds > 1 or fold_run:  # (a fold run resumed with --folds 1 is told it was one)
+        from training.crossval import run_cross_validation  # it builds on this module
+
+        return run_cross_validation(config, model_hook, model_variant)
     trainer = Trainer(config, model_hook, model_variant)
     try:
         return trainer.fit()

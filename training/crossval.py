@@ -1,0 +1,374 @@
+"""`--folds k`: k-fold cross-validation on the train split, then the val split scored by the
+average of the k fold models.
+
+Choosing the epoch on the val split and then reporting the val mAP is optimistic: the val
+images took part in a choice. Here every choice is made inside the train split: fold model j
+trains on the other k-1 folds with the normal recipe (the same `TrainConfig`, so every option
+applies to every fold model) and its epoch is chosen by mAP on fold j alone. The val split is
+looked at once, at the end, by the ensemble. The folds' held-out mAPs give the
+cross-validated estimate (mean ± std); the ensemble's val mAP is an honest test score.
+
+Run folder:
+    config.json  folds.json (which image each fold holds out)  train.log
+    history.json       every fold's epochs, each record with "fold"
+    val_predictions.npz  the ensemble's scores of the val split (provenance: see below)
+    crossval.json      the summary: per fold chosen epoch and held-out mAP, mean ± std, ...
+    folds/<j>/         a normal run folder of fold model j: model_best.pt, checkpoint_last.pt,
+                       history.json, heldout_predictions.npz (its held-out fold),
+                       val_predictions.npz (the val split by this model alone), fold.json
+
+Folds run one after another (under torchrun each one data-parallel); a stopped run resumes
+at the fold and epoch where it stopped.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.metrics import (
+    UndefinedAPWarning,
+    mean_average_precision,
+    per_class_average_precision,
+)
+from predictions import (
+    PREDICTIONS_FILENAME,
+    Predictions,
+    load_predictions,
+    save_predictions,
+    write_latest_pointer,
+)
+from predictions.ensemble import DEFAULT_AVERAGING_RULE, combine_scores
+from training.checkpoint import BEST_MODEL, LAST_CHECKPOINT, ModelHook, load_trusted
+from training.config import CONFIG_FILENAME, TrainConfig
+from training.distributed import (
+    DistContext,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
+from training.folds import (
+    FOLDS_FILENAME,
+    Fold,
+    FoldsError,
+    assign_folds,
+    load_folds,
+    make_folds,
+    save_folds,
+)
+from training.trainer import (
+    HISTORY_FILENAME,
+    Trainer,
+    _attach_log_file,
+    _finite_or_none,
+    _new_run_dir,
+    _write_json,
+)
+from vocdata.classes import VOC_CLASSES
+from vocdata.dataset import load_split_checked
+from vocdata.download import ensure_voc_root
+from vocdata.paths import project_relative, resolve_project_path
+from vocdata.splits import VocSplit, resolve_voc_root
+
+log = logging.getLogger("training.crossval")
+
+CROSSVAL_FILENAME = "crossval.json"
+FOLD_SUMMARY_FILENAME = "fold.json"
+
+
+@dataclass
+class FoldResult:
+    """What one finished fold model contributes (also its `fold.json`)."""
+
+    fold: int
+    epochs: int  # epochs trained
+    chosen_epoch: int | None  # by held-out mAP only
+    heldout_map: float | None
+    heldout_map_classes: int
+    heldout_images: int
+    train_images: int
+    val_map_alone: float | None  # this model alone on the val split: reported, never used
+    model: str  # its model_best.pt, relative to the run folder
+
+
+def cv_estimate(heldout_maps: list[float | None]) -> tuple[float, float]:
+    """Mean and standard deviation (ddof=1: the spread between folds) of the held-out mAPs."""
+    values = np.array([v for v in heldout_maps if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    std = float(values.std(ddof=1)) if values.size > 1 else math.nan
+    return float(values.mean()), std
+
+
+def _val_map(scores: np.ndarray, split: VocSplit, difficult: str) -> tuple[float | None, int]:
+    with warnings.catch_warnings():  # the undefined classes were named when training started
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        per_class = per_class_average_precision(scores, split.labels, VOC_CLASSES, difficult)
+    result = mean_average_precision(per_class)
+    return _finite_or_none(result.value), result.num_classes
+
+
+def _finished(fold: Fold, epochs: int) -> FoldResult | None:
+    """The fold's result if it was trained to `epochs` and scored on val in an earlier session."""
+    summary = fold.run_dir / FOLD_SUMMARY_FILENAME
+    if not (summary.is_file() and (fold.run_dir / PREDICTIONS_FILENAME).is_file()):
+        return None
+    result = FoldResult(**json.loads(summary.read_text()))
+    return result if result.epochs >= epochs else None
+
+
+def _save_fold_val(trainer: Trainer, scores: np.ndarray) -> FoldResult:
+    """Write the fold model's own val predictions and its `fold.json`."""
+    fold, split = trainer.fold, trainer.data.test_split
+    assert fold is not None and split is not None
+    val_map, val_classes = _val_map(scores, split, trainer.config.difficult)
+    provenance = dict(load_trusted(fold.run_dir / BEST_MODEL)["provenance"])
+    provenance.update(
+        split="val",
+        val_map=val_map,
+        val_map_classes=val_classes,
+        val_images=len(split),
+        selected_on=fold.label,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    save_predictions(
+        fold.run_dir / PREDICTIONS_FILENAME,
+        Predictions(
+            scores=scores,
+            labels=split.labels,
+            files=tuple(split.relative_paths),
+            class_names=VOC_CLASSES,
+            provenance=provenance,
+        ),
+    )
+    result = FoldResult(
+        fold=fold.number,
+        epochs=trainer.state.epoch,
+        chosen_epoch=trainer.state.best_epoch,
+        heldout_map=provenance["heldout_map"],
+        heldout_map_classes=provenance["heldout_map_classes"],
+        heldout_images=len(fold.held_out_rows),
+        train_images=len(fold.train_rows),
+        val_map_alone=val_map,
+        model=(fold.run_dir / BEST_MODEL).relative_to(fold.run_dir.parent.parent).as_posix(),
+    )
+    _write_json(fold.run_dir / FOLD_SUMMARY_FILENAME, asdict(result))
+    return result
+
+
+def _write_combined_history(run_dir: Path, folds: list[Fold]) -> None:
+    """`<run>/history.json`: every fold's epoch records in order, each marked with its fold."""
+    combined = []
+    for fold in folds:
+        path = fold.run_dir / HISTORY_FILENAME
+        if path.is_file():
+            for record in json.loads(path.read_text()):
+                combined.append({"fold": fold.number, "scored_on": fold.label, **record})
+    _write_json(run_dir / HISTORY_FILENAME, combined)
+
+
+def _write_ensemble(
+    config: TrainConfig,
+    run_dir: Path,
+    folds: list[Fold],
+    results: list[FoldResult],
+    full_train: VocSplit,
+    seconds: float,
+) -> dict[str, Any]:
+    """Average the fold models' own val predictions into the run's predictions file."""
+    fold_predictions = [load_predictions(f.run_dir / PREDICTIONS_FILENAME) for f in folds]
+    first = fold_predictions[0]
+    scores = combine_scores([p.scores for p in fold_predictions], DEFAULT_AVERAGING_RULE)
+    val_split = VocSplit("val", tuple(Path(f).stem for f in first.files), first.labels)
+    val_map, val_classes = _val_map(scores, val_split, config.difficult)
+    mean, std = cv_estimate([r.heldout_map for r in results])
+    summary = {
+        "folds": len(folds),
+        "averaging_rule": DEFAULT_AVERAGING_RULE,
+        "fold_models": [r.model for r in results],
+        "fold_epochs": [r.chosen_epoch for r in results],
+        "fold_heldout_map": [r.heldout_map for r in results],
+        "fold_heldout_map_classes": [r.heldout_map_classes for r in results],
+        "fold_val_map_alone": [r.val_map_alone for r in results],
+        "cv_map_mean": _finite_or_none(mean),
+        "cv_map_std": _finite_or_none(std),
+        "ensemble_val_map": val_map,
+        "ensemble_val_map_classes": val_classes,
+    }
+    kept = ("arch", "weights", "model_variant", "difficult", "image_size", "head", "voc_root")
+    provenance = {key: first.provenance.get(key) for key in kept}
+    provenance.update(
+        summary,
+        epoch=None,  # one per fold model: fold_epochs
+        val_map=val_map,  # measured after every choice was made
+        val_map_classes=val_classes,
+        seed=config.seed,
+        split="val",
+        selected_on="each fold model's own held-out fold of the train split; never val",
+        train_images=len(full_train),
+        val_images=len(val_split),
+        train_positives=dict(
+            zip(VOC_CLASSES, (full_train.labels == 1).sum(0).tolist(), strict=True)
+        ),
+        run=project_relative(run_dir),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    save_predictions(
+        run_dir / PREDICTIONS_FILENAME,
+        Predictions(scores, first.labels, first.files, first.class_names, provenance),
+    )
+    _write_json(run_dir / CROSSVAL_FILENAME, {**summary, "wall_seconds_last_session": seconds})
+    write_latest_pointer(config.runs_dir, run_dir)
+    return summary
+
+
+def summary_line(summary: dict[str, Any], seconds: float, resumed: bool = False) -> str:
+    """One line for the console: the CV estimate, the ensemble's val mAP and the wall time."""
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    folds = ", ".join(fmt(v) for v in summary["fold_heldout_map"])
+    return (
+        f"{summary['folds']}-fold CV on train: held-out mAP {fmt(summary['cv_map_mean'])} ± "
+        f"{fmt(summary['cv_map_std'])} (folds {folds}; epochs {summary['fold_epochs']}) | "
+        f"ensemble of {summary['folds']} on val: mAP {fmt(summary['ensemble_val_map'])} over "
+        f"{summary['ensemble_val_map_classes']} classes | wall time {seconds:.1f} s"
+        + (" (this session)" if resumed else "")
+    )
+
+
+def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSplit, np.ndarray]:
+    """The run folder, the train split and its fold assignment: drawn and saved for a new run,
+    read back (and checked) when resuming. Nothing is created before the inputs are checked."""
+    voc_root = resolve_voc_root(config.voc_root)
+    if context.is_main:
+        ensure_voc_root(voc_root, download=config.download)
+    barrier(context)
+    full_train = load_split_checked(
+        voc_root, "train", config.skip_bad_images, max(1, config.workers)
+    )
+    if config.resume:
+        run_dir = resolve_project_path(config.resume)
+        assignment = load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
+        if context.is_main:  # with the options given again (e.g. a larger --epochs)
+            _write_json(run_dir / CONFIG_FILENAME, asdict(config))
+        return run_dir, full_train, assignment
+    targets, _ = full_train.targets_and_mask(config.difficult)
+    assignment = assign_folds(targets, config.folds, config.seed)
+    smallest = len(full_train) - int(np.bincount(assignment).max())
+    if smallest < config.batch_size * context.world_size:
+        raise FoldsError(
+            f"with --folds {config.folds} a fold model trains on as few as {smallest} images, "
+            f"fewer than one batch of {config.batch_size} x {context.world_size} process(es): "
+            f"lower --batch-size or --folds."
+        )
+    run_dir = Path(
+        broadcast_object(str(_new_run_dir(config)) if context.is_main else None, context)
+    )
+    if context.is_main:
+        save_folds(run_dir / FOLDS_FILENAME, full_train, assignment, config.seed, config.difficult)
+        _write_json(run_dir / CONFIG_FILENAME, asdict(config))
+        write_latest_pointer(config.runs_dir, run_dir)  # so --resume latest finds it at once
+    return run_dir, full_train, assignment
+
+
+def run_cross_validation(
+    config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
+) -> Path:
+    """Train (or resume) the k fold models, then write the ensemble; return the run folder."""
+    started = time.perf_counter()
+    context = init_distributed(use_cuda=config.device != "cpu" and torch.cuda.is_available())
+    handler = None
+    try:
+        run_dir, full_train, assignment = _prepare_run(config, context)
+        if context.is_main:
+            handler = _attach_log_file(run_dir)
+            log.info(
+                "%d-fold cross-validation in %s; the val split is scored only by the final "
+                "ensemble",
+                config.folds,
+                project_relative(run_dir),
+            )
+        folds = make_folds(assignment, run_dir)
+        results = _train_folds(config, folds, context, model_hook, model_variant)
+        if results is None or not context.is_main:
+            barrier(context)
+            return run_dir
+        seconds = time.perf_counter() - started
+        summary = _write_ensemble(config, run_dir, folds, results, full_train, seconds)
+        print(summary_line(summary, seconds, resumed=bool(config.resume)), flush=True)
+        barrier(context)
+        return run_dir
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        shutdown_distributed(context)
+
+
+def _train_folds(
+    config: TrainConfig,
+    folds: list[Fold],
+    context: DistContext,
+    model_hook: ModelHook | None,
+    model_variant: str,
+) -> list[FoldResult] | None:
+    """Train and score every unfinished fold in order; None if `--stop-after` stopped it."""
+    run_dir = folds[0].run_dir.parent.parent
+    session_left = config.stop_after  # epochs this session may still train (None: no limit)
+    results: list[FoldResult] = []
+    for fold in folds:
+        done = broadcast_object(
+            _finished(fold, config.epochs) if context.is_main else None, context
+        )
+        if done is not None:
+            results.append(done)
+            continue
+        if session_left is not None and session_left <= 0:
+            return _stopped(fold, run_dir)
+        resumable = broadcast_object((fold.run_dir / LAST_CHECKPOINT).is_file(), context)
+        fold_config = replace(
+            config, resume=str(fold.run_dir) if resumable else None, stop_after=session_left
+        )
+        log.info("fold %d of %d%s", fold.number, fold.count, " (resumed)" if resumable else "")
+        trainer = Trainer(fold_config, model_hook, model_variant, fold=fold)
+        epochs_before = trainer.state.epoch
+        trainer.fit()
+        if context.is_main:
+            _write_combined_history(run_dir, folds)
+        if session_left is not None:
+            session_left -= trainer.state.epoch - epochs_before
+        if trainer.state.epoch < config.epochs:
+            return _stopped(fold, run_dir)
+        if not (fold.run_dir / BEST_MODEL).is_file():
+            raise FoldsError(
+                f"fold {fold.number} saved no model: no epoch had a defined held-out mAP"
+            )
+        scores = trainer.score_test_split()
+        result = _save_fold_val(trainer, scores) if context.is_main else None
+        results.append(broadcast_object(result, context))
+        del trainer  # its loader workers end before the next fold starts its own
+        gc.collect()
+    return results
+
+
+def _stopped(fold: Fold, run_dir: Path) -> None:
+    log.info(
+        "stopped in fold %d of %d as asked; continue with --resume %s",
+        fold.number,
+        fold.count,
+        project_relative(run_dir),
+    )
