@@ -7,7 +7,7 @@ import numpy as np
 # How a VOC label (1 present, 0 difficult, -1 absent) is shown beside a ranked image: one
 # word and one border colour (RGB), the same in the GUI and in the report's grids.
 TRUTH_WORDS = {1: "contains", 0: "difficult", -1: "absent", None: "unknown"}  # None: no labels
-TRUTH_COLOURS = {1: (46, 160, 67), 0: (245, 140, 0), -1: (214, 39, 40), None: (150, 150, 150)}
+TRUTH_COLOURS = {1: (46, 160, 67), 0: (245, 140, 0), -1: (214, 39, 40), None: (170, 170, 170)}
 
 
 def ranking_order(class_scores: np.ndarray) -> np.ndarray:

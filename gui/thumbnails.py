@@ -120,7 +120,7 @@ def tile(
     """A fixed-size tile: the thumbnail centred on a border in the truth colour (grey while
     loading), so the grid never changes shape."""
     colour = (
-        TRUTH_COLOURS.get(label, (170, 170, 170)) if thumbnail is not None else PLACEHOLDER_GREY
+        TRUTH_COLOURS[label] if thumbnail is not None else PLACEHOLDER_GREY
     )
     canvas = Image.new("RGB", (size[0] + 2 * border, size[1] + 2 * border), background)
     if thumbnail is None:
