@@ -13,11 +13,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from predictions.runs import DEFAULT_RUNS_DIR, resolve_run_dir
+from predictions.runs import DEFAULT_RUNS_DIR, LAST_STARTED_POINTER, resolve_run_dir
+from training.config_checks import ConfigError, problems
+from vocdata.files import project_relative
 from vocdata.splits import DEFAULT_VOC_ROOT, VOC_ROOT_ENV, DifficultMode
 
 CONFIG_FILENAME = "config.json"
+PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
+# A resumed run's checkpoint only fits the network and optimizer it was written by.
+FIXED_ON_RESUME = ("arch", "optimizer")
 
 
 def default_workers() -> int:
@@ -64,19 +70,47 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.workers < 0:
-            self.workers = default_workers()
         if self.cache_dir in ("", "none"):
             self.cache_dir = None
+        self.validate()
+        if self.workers < 0:
+            self.workers = default_workers()
+
+    def validate(self) -> None:
+        """Check every option's value (training/config_checks.py); a ConfigError names them."""
+        found = problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if found:
+            raise ConfigError("; ".join(found))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """Every option, paths relative to the project root (as the README promises)."""
+        data = asdict(self)
+        for key in PATH_FIELDS:
+            if data.get(key) is not None:
+                data[key] = project_relative(data[key])
+        if data["weights"] not in ("imagenet", "none"):
+            data["weights"] = project_relative(data["weights"])
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json_file(cls, path: Path) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        data = json.loads(Path(path).read_text())
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls(**read_config_file(path))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The options saved in a run's config.json (unknown keys dropped), naming the file if it
+    cannot be read."""
+    known = {f.name for f in fields(TrainConfig)}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"Cannot read the saved options {path} ({error}); restore that file, or start a "
+            f"new run without --resume"
+        ) from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a JSON object of options; restore that file")
+    return {key: value for key, value in data.items() if key in known}
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -288,16 +322,27 @@ def config_from_argv(argv: Sequence[str] | None = None) -> TrainConfig:
     args = build_parser().parse_args(argv)
     if args.resume is None:
         return TrainConfig(**vars(args))
-    run_dir = resolve_run_dir(args.resume, args.runs_dir)
+    run_dir = resolve_run_dir(args.resume, args.runs_dir, pointer=LAST_STARTED_POINTER)
     saved = run_dir / CONFIG_FILENAME
     if not saved.is_file():
-        raise FileNotFoundError(f"Cannot resume {run_dir}: it has no {CONFIG_FILENAME}.")
-    config = TrainConfig.from_json_file(saved)
+        raise FileNotFoundError(
+            f"Cannot resume {run_dir}: it has no {CONFIG_FILENAME}, so it is not a run folder "
+            f"(or was stopped before training began). Start a new run without --resume."
+        )
+    values = read_config_file(saved)
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
-    for key, value in explicit.items():
-        setattr(config, key, value)
-    config.resume = str(run_dir)
-    config.run_name = run_dir.name
-    if config.workers < 0:
-        config.workers = default_workers()
-    return config
+    check_resume_overrides(values, explicit, run_dir)
+    values.update(explicit, resume=str(run_dir), run_name=run_dir.name)
+    return TrainConfig(**values)
+
+
+def check_resume_overrides(saved: dict[str, Any], given: dict[str, Any], run_dir: Path) -> None:
+    """Refuse options that the run's checkpoint cannot follow (another network or optimizer)."""
+    for key in FIXED_ON_RESUME:
+        if key in given and key in saved and given[key] != saved[key]:
+            flag = key.replace("_", "-")
+            raise ConfigError(
+                f"--{flag} {given[key]} differs from the run's own --{flag} {saved[key]}: "
+                f"{run_dir} can only be resumed as it was started. Drop --{flag}, or start a "
+                f"new run without --resume."
+            )
