@@ -13,7 +13,7 @@ from training import config_from_argv, run
 from training.backbones import WeightsUnavailableError
 from training.config_checks import ConfigError
 from training.trainer import RunFolderError, TrainingInterrupted
-from vocdata.errors import VocDataError
+from vocdata.errors import VocDataError, describe_os_error
 
 # Problems with what the user typed or has on disk: one line on stderr and exit code 2.
 USER_ERRORS = (
@@ -28,12 +28,7 @@ USER_ERRORS = (
 
 def describe(error: Exception) -> str:
     """One line for a person; an OSError from deep inside names its file and reason."""
-    if isinstance(error, OSError) and not isinstance(error, RunNotFoundError) and error.filename:
-        return (
-            f"cannot use {error.filename}: {error.strerror or error}. Check that the path "
-            f"exists and is writable, or choose another one"
-        )
-    return str(error)
+    return describe_os_error(error) if isinstance(error, OSError) else str(error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 
-from evaluation.report import ReportInputError, load_inputs, write_report
+from evaluation.report import ReportInputError, ReportInputs, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
-from predictions import DEFAULT_RUNS_DIR, PredictionsFormatError, RunNotFoundError, resolve_run_dir
-from vocdata.files import project_relative, resolve_project_path
+from predictions import (
+    DEFAULT_RUNS_DIR,
+    PREDICTIONS_FILENAME,
+    PredictionsFormatError,
+    RunNotFoundError,
+    resolve_run_dir,
+)
+from vocdata.files import display_path, project_relative, resolve_project_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,11 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--run", default="latest", help="run folder, its name under --runs-dir, or 'latest'"
+        "--run",
+        default=None,
+        help="run folder, its name under --runs-dir, or 'latest' (default: the run folder "
+        "holding --predictions, else the latest run)",
     )
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where runs live")
     parser.add_argument(
-        "--predictions", default=None, help="predictions file to evaluate instead of the run's own"
+        "--predictions",
+        default=None,
+        help="predictions file to evaluate instead of the run's own; its report goes beside "
+        "it, into <file name>-report/, unless --out says otherwise",
     )
     parser.add_argument(
         "--voc-root",
@@ -53,19 +68,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="difficult mode for AP (default: the one used in training)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing the grid classes")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/report)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <run>/report for the run's own predictions)",
+    )
     return parser
+
+
+def pick_run_dir(run: str | None, runs_dir: str, predictions: Path | None) -> Path:
+    """The run whose history and options the report shows: --run, else the run folder that
+    holds the predictions file, else the latest run."""
+    if run is None and predictions is not None and (predictions.parent / "history.json").is_file():
+        return predictions.parent
+    return resolve_run_dir(run, runs_dir)
+
+
+def default_out_dir(run_dir: Path, predictions: Path | None) -> Path:
+    """`<run>/report` for the run's own predictions; any other file's report goes beside that
+    file, so it never replaces (or mixes into) the report of the run's own predictions."""
+    if predictions is None or predictions == run_dir / PREDICTIONS_FILENAME:
+        return run_dir / "report"
+    return predictions.parent / f"{predictions.stem}-report"
+
+
+def check_options(args: argparse.Namespace, inputs: ReportInputs) -> list[str] | None:
+    """Option values, checked before any folder is made; returns the grid classes."""
+    if args.k < 1:
+        raise ReportInputError(f"--k {args.k}: images per grid must be at least 1 (e.g. 10)")
+    if not MIN_THRESHOLDS <= args.thresholds <= MAX_THRESHOLDS:
+        raise ReportInputError(
+            f"--thresholds {args.thresholds}: choose {MIN_THRESHOLDS} to {MAX_THRESHOLDS} "
+            f"Tailacc thresholds per class"
+        )
+    if not args.classes:
+        return None
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    for name in classes:
+        inputs.predictions.class_index(name)  # a KeyError listing the known names
+    return classes
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when the report folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ReportInputError(
+            f"Cannot write the report into {display_path(out_dir)} "
+            f"({error.strerror or error}): pass --out with a writable folder"
+        ) from error
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        run_dir = resolve_run_dir(args.run, args.runs_dir)
         predictions = resolve_project_path(args.predictions) if args.predictions else None
+        run_dir = pick_run_dir(args.run, args.runs_dir, predictions)
         inputs = load_inputs(run_dir, predictions)
-        out_dir = resolve_project_path(args.out) if args.out else run_dir / "report"
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        out_dir = (
+            resolve_project_path(args.out) if args.out else default_out_dir(run_dir, predictions)
+        )
+        classes = check_options(args, inputs)
+        check_writable(out_dir)
         summary = write_report(
             inputs,
             out_dir,
@@ -84,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
     ) as error:
         logging.getLogger("evaluation").error("%s", error.args[0] if error.args else error)
+        return 2
+    except OSError as error:  # e.g. the disk filled up while writing the figures
+        logging.getLogger("evaluation").error(
+            "cannot write %s (%s): pass --out with a writable folder",
+            error.filename or "the report",
+            error.strerror or error,
+        )
         return 2
     print(
         f"mAP {summary.map_sklearn:.4f} (scikit-learn) / {summary.map_voc:.4f} (VOC devkit) "

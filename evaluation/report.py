@@ -73,12 +73,32 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportInputs:
-    predictions = load_predictions(predictions_path or run_dir / PREDICTIONS_FILENAME)
-    config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    if config is None:
-        log.warning("%s not found: the report will not list the hyperparameters", config_path)
-    return ReportInputs(run_dir, predictions, load_history(run_dir), config)
+    path = predictions_path or run_dir / PREDICTIONS_FILENAME
+    predictions = load_predictions(path)
+    if predictions.num_images == 0:
+        raise ReportInputError(
+            f"{path} holds no images (0 rows): there is nothing to evaluate. Pass the "
+            f"predictions file of a run that validated at least one image"
+        )
+    return ReportInputs(run_dir, predictions, load_history(run_dir), load_config(run_dir))
+
+
+def load_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's saved options (for the hyperparameter table), or None if it has none."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        log.warning("%s not found: the report will not list the hyperparameters", path)
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportInputError(
+            f"{path} is not valid JSON ({error}): restore it, or move it away to get a report "
+            f"without the hyperparameter table"
+        ) from error
+    if not isinstance(config, dict):
+        raise ReportInputError(f"{path} does not hold a JSON object of options: restore it")
+    return config
 
 
 @dataclass
@@ -197,11 +217,17 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UndefinedAPWarning)
+    with warnings.catch_warnings():  # said below in one line, not once per class
+        warnings.simplefilter("ignore", UndefinedAPWarning)
         ap = per_class_average_precision(preds.scores, preds.labels, preds.class_names, difficult)
-    for warning in caught:
-        log.warning("%s", warning.message)
+    undefined = [name for name, value in zip(preds.class_names, ap, strict=True) if np.isnan(value)]
+    if undefined:
+        log.warning(
+            "%d class(es) have no positive image in the evaluated set: %s; their AP is "
+            "undefined (n/a) and left out of the mean",
+            len(undefined),
+            ", ".join(undefined),
+        )
     with warnings.catch_warnings():  # the same classes were just named for the first variant
         warnings.simplefilter("ignore", UndefinedAPWarning)
         ap_voc = per_class_average_precision(

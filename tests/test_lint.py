@@ -8,15 +8,24 @@ import sys
 
 from vocdata.files import PROJECT_ROOT
 
+# Virtual environments people keep in the project folder: never project code.
+VENV_FOLDERS = {"venv", ".venv", "env", ".env", "virtualenv"}
+
 
 def _tracked_python_files() -> list[str]:
+    """The project's own Python files: tracked by git only (never a venv, never scratch)."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        ["git", "ls-files", "--cached", "-z", "--", "*.py"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
+        check=True,
     )
-    return [name for name in listed.stdout.split() if name]
+    return [
+        name
+        for name in listed.stdout.split("\0")
+        if name and name.split("/")[0] not in VENV_FOLDERS
+    ]
 
 
 def test_ruff_is_clean():

@@ -16,7 +16,7 @@ from vocdata.cache import ImageCache, open_or_build_cache
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.errors import VocDataError
 from vocdata.files import resolve_project_path
-from vocdata.splits import VocSplit
+from vocdata.splits import VocSplit, check_disjoint, main_dir
 from vocdata.transforms import eval_resize_size, eval_transform, train_transform
 
 
@@ -76,6 +76,7 @@ def build_run_data(
     workers = max(1, config.workers)
     train_split = load_split_checked(voc_root, "train", config.skip_bad_images, workers)
     val_split = load_split_checked(voc_root, "val", config.skip_bad_images, workers)
+    check_disjoint(train_split, val_split, main_dir(voc_root))
     if len(train_split) < config.batch_size * context.world_size:
         raise VocDataError(
             f"The train split has {len(train_split)} images, fewer than one batch of "
