@@ -38,7 +38,7 @@ class LaunchError(RuntimeError):
         return 2
 
 
-def show_error_dialog(message: str) -> None:
+def error_dialog(message: str):
     """A modal message with one "OK" button that Return (or Escape) also presses."""
     import PySimpleGUI as sg
 
@@ -51,6 +51,14 @@ def show_error_dialog(message: str) -> None:
     )
     window.bind("<Escape>", "OK")
     window["OK"].set_focus()
+    return window
+
+
+def show_error_dialog(message: str) -> None:
+    """Show `message` until the user closes it."""
+    import PySimpleGUI as sg
+
+    window = error_dialog(message)
     while window.read()[0] not in (sg.WIN_CLOSED, "OK"):
         pass
     window.close()

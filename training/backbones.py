@@ -7,7 +7,7 @@ ImageNet classifier (replaced by a 20-output layer), and how to get its pretrain
 from __future__ import annotations
 
 import os
-import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +93,12 @@ def get_backbone(name: str) -> Backbone:
         raise ValueError(f"unknown arch {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
+def _is_pickle(path: Path) -> bool:
+    """Written by torch.save: a zip archive (current format) or a bare pickle (legacy)."""
+    with open(path, "rb") as handle:
+        return zipfile.is_zipfile(handle) or handle.read(1) == b"\x80"
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a saved state dict (also unwrapping {'state_dict': ...} / {'model': ...})."""
     path = Path(path)
@@ -101,7 +107,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises anything from KeyError to RuntimeError here
-        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+        if _is_pickle(path) and "Weights only load failed" in str(error):
             # Never fall back to full unpickling: it runs whatever code the file names.
             raise WeightsUnavailableError(
                 f"{path} holds pickled Python objects (a whole model?), not a state dict of "

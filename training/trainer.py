@@ -33,6 +33,7 @@ from evaluation.metrics import (
 )
 from predictions import PREDICTIONS_FILENAME, Predictions, save_predictions, write_latest_pointer
 from predictions.runs import LAST_STARTED_POINTER
+from training.backbones import read_state_dict
 from training.checkpoint import (
     BEST_MODEL,
     LAST_CHECKPOINT,
@@ -258,6 +259,8 @@ class Trainer:
         if config.resume and self.context.is_main:
             _check_writable(resolve_project_path(config.resume))
         self.runtime = pick_runtime(config, self.context)
+        if config.weights not in ("imagenet", "none"):
+            read_state_dict(config.weights)  # a bad file is named before the data is read
         _configure_determinism(config, self.runtime)
         seed_everything(derive_seed(config.seed, self.context.rank))
 
