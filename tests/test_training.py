@@ -221,6 +221,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path):
     whole_history = json.loads((runs / "whole" / "history.json").read_text())
     assert strip(whole_history) == strip(json.loads((runs / "halves" / "history.json").read_text()))
     assert json.loads((runs / "halves" / "config.json").read_text())["workers"] == 2
+    assert "resumed" in (runs / "halves" / "train.log").read_text()  # not only on the screen
 
 
 def _run_failing(args: list[str], tmp_path: Path) -> str:

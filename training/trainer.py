@@ -243,11 +243,11 @@ class Trainer:
     ) -> None:
         self.config = config
         self.model_variant = model_variant
-        self.early_log = _BufferedLog()
-        logging.getLogger().addHandler(self.early_log)
         self.context = init_distributed(
             use_cuda=config.device != "cpu" and torch.cuda.is_available()
         )
+        self.early_log = _BufferedLog()
+        logging.getLogger().addHandler(self.early_log)
         try:
             self._build(config, model_hook)
         except BaseException:
