@@ -190,7 +190,8 @@ def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
     np.testing.assert_allclose(preds.scores, scores, atol=1e-6)
 
 
-def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path, caplog):
+    caplog.set_level("INFO")  # as main_train.py's own logging set-up does outside pytest
     runs = tmp_path / "runs"
     assert (
         main_train.main(tiny_run_args(tiny_voc.root, runs, "--epochs", "2", "--run-name", "whole"))
