@@ -16,14 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from predictions.runs import RESERVED_NAMES
+from training.backbones import BACKBONES
 from vocdata.files import resolve_project_path
+from vocdata.splits import DifficultMode
 
 MIN_IMAGE_SIZE = 32  # below this the backbones' downsampling leaves nothing to classify
-ARCHS = ("resnet18", "efficientnet_lite0")  # as training.backbones.BACKBONES (no torch here)
 CHOICES = {
-    "difficult": ("ignore", "positive", "negative"),
-    "arch": ARCHS,
+    "difficult": tuple(mode.value for mode in DifficultMode),
+    "arch": tuple(BACKBONES),
     "optimizer": ("adamw", "sgd"),
     "amp": ("auto", "bf16", "fp16", "off"),
 }
@@ -198,8 +201,6 @@ def _device(value: Any) -> str | None:
         return "choose 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'"
     if not value.startswith("cuda"):
         return None
-    import torch  # only for CUDA requests: keeps making a config cheap
-
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU on this machine; use --device cpu (or auto)"
     count = torch.cuda.device_count()
