@@ -11,22 +11,40 @@ import sys
 from predictions.runs import RunNotFoundError
 from training import config_from_argv, run
 from training.backbones import WeightsUnavailableError
-from vocdata.errors import VocDataError
+from training.config_checks import ConfigError
+from training.trainer import RunFolderError, TrainingInterrupted
+from vocdata.errors import VocDataError, describe_os_error
+
+# Problems with what the user typed or has on disk: one line on stderr and exit code 2.
+USER_ERRORS = (
+    ConfigError,
+    VocDataError,
+    WeightsUnavailableError,
+    RunNotFoundError,
+    RunFolderError,
+    OSError,
+)
+
+
+def describe(error: Exception) -> str:
+    """One line for a person; an OSError from deep inside names its file and reason."""
+    return describe_os_error(error) if isinstance(error, OSError) else str(error)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("main_train")
     try:
         config = config_from_argv(argv)
         run_dir = run(config)
-    except (VocDataError, WeightsUnavailableError, RunNotFoundError, FileNotFoundError) as error:
-        logging.getLogger("main_train").error("%s", error)
+    except USER_ERRORS as error:
+        log.error("%s", describe(error))
         return 2
+    except TrainingInterrupted as stop:
+        log.error("%s", stop.message())
+        return 130
     except KeyboardInterrupt:
-        logging.getLogger("main_train").error(
-            "interrupted: every completed epoch is saved; continue with "
-            "`python main_train.py --resume latest` (or the run folder)"
-        )
+        log.error("interrupted before the run folder was created: nothing was written")
         return 130
     print(f"run folder: {run_dir}")
     return 0

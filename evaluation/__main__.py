@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from evaluation import crossval
-from evaluation.report import ReportInputError, load_inputs, write_report
+from evaluation.report import ReportInputError, ReportInputs, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
 from evaluation.unlabelled import write_unlabelled_report
 from predictions import (
+    HISTORY_FILENAME,
     PREDICTIONS_FILENAME,
     PredictionsFormatError,
     RunNotFoundError,
@@ -18,7 +22,7 @@ from predictions import (
     resolve_run_dir,
 )
 from vocdata.options import add_runs_dir_option, add_voc_root_option
-from vocdata.paths import project_relative, resolve_project_path
+from vocdata.paths import display_path, project_relative, resolve_project_path
 
 
 def _count_in(low: int, high: int | None):
@@ -92,20 +96,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pick_run_dir(run: str | None, runs_dir: str, predictions: Path | None) -> Path:
+    """The run whose history and options the report shows: --run, else the run folder that
+    holds the predictions file, else the run the file names in its provenance, else latest."""
+    if run is None and predictions is not None:
+        if (predictions.parent / HISTORY_FILENAME).is_file():
+            return predictions.parent
+        recorded = load_predictions(predictions).provenance.get("run")
+        if recorded and resolve_project_path(recorded).is_dir():
+            return resolve_project_path(recorded)
+    return resolve_run_dir(run, runs_dir)
+
+
+def default_out_dir(run_dir: Path, predictions: Path | None) -> Path:
+    """`<run>/report` for the run's own predictions; any other file's report goes beside that
+    file, so it never replaces (or mixes into) the report of the run's own predictions."""
+    if predictions is None or predictions == run_dir / PREDICTIONS_FILENAME:
+        return run_dir / "report"
+    return predictions.parent / f"{predictions.stem}-report"
+
+
+def check_classes(text: str | None, inputs: ReportInputs) -> list[str] | None:
+    """The --classes for the grids, each checked against the file's class names."""
+    if not text:
+        return None
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    for name in classes:
+        try:
+            inputs.predictions.class_index(name)
+        except KeyError as error:
+            raise ReportInputError(f"--classes: {error.args[0]}") from None
+    return classes
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when the report folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ReportInputError(
+            f"Cannot write the report into {display_path(out_dir)} "
+            f"({error.strerror or error}): pass --out with a writable folder"
+        ) from error
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         predictions = resolve_project_path(args.predictions) if args.predictions else None
-        run = args.run
-        if run is None and predictions is not None:
-            run = load_predictions(predictions).provenance.get("run")  # None: latest
-        run_dir = resolve_run_dir(run, args.runs_dir)
+        run_dir = pick_run_dir(args.run, args.runs_dir, predictions)
         inputs = load_inputs(run_dir, predictions)
-        out_dir = resolve_project_path(args.out) if args.out else run_dir / "report"
-        if not args.out and predictions and predictions != run_dir / PREDICTIONS_FILENAME:
-            out_dir = predictions.parent / f"{predictions.stem}-report"
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        out_dir = (
+            resolve_project_path(args.out) if args.out else default_out_dir(run_dir, predictions)
+        )
+        classes = check_classes(args.classes, inputs)
+        check_writable(out_dir)
         if inputs.predictions.labels is None:
             unlabelled = write_unlabelled_report(
                 inputs.predictions,
@@ -132,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         # Only the errors that describe the user's input; anything else is a bug and keeps
         # its traceback.
         logging.getLogger("evaluation").error("%s", error.args[0] if error.args else error)
+        return 2
+    except OSError as error:  # e.g. the disk filled up while writing the figures
+        logging.getLogger("evaluation").error(
+            "cannot write %s (%s): pass --out with a writable folder",
+            error.filename or "the report",
+            error.strerror or error,
+        )
         return 2
     print(
         f"mAP {summary.map_sklearn:.4f} (scikit-learn) / {summary.map_voc:.4f} (VOC devkit) "

@@ -78,7 +78,13 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportInputs:
-    predictions = load_predictions(predictions_path or run_dir / PREDICTIONS_FILENAME)
+    path = predictions_path or run_dir / PREDICTIONS_FILENAME
+    predictions = load_predictions(path)
+    if predictions.num_images == 0:
+        raise ReportInputError(
+            f"{path} holds no images (0 rows): there is nothing to evaluate. Pass the "
+            f"predictions file of a run that scored at least one image"
+        )
     if predictions.labels is None:  # the unlabelled report shows no training curves
         return ReportInputs(run_dir, predictions, [], None)
     config = _optional_json(run_dir / CONFIG_FILENAME, "the hyperparameters")
@@ -94,9 +100,15 @@ def _optional_json(path: Path, what: str) -> dict[str, Any] | None:
         log.warning("%s not found: the report says %s were not recorded", path, what)
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ReportInputError(f"{path} is not valid JSON ({error})") from error
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportInputError(
+            f"{path} is not valid JSON ({error}): restore it, or move it away to get a report "
+            f"that says {what} were not recorded"
+        ) from error
+    if not isinstance(data, dict):
+        raise ReportInputError(f"{path} does not hold a JSON object: restore it")
+    return data
 
 
 @dataclass
@@ -227,11 +239,17 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UndefinedAPWarning)
+    with warnings.catch_warnings():  # said below in one line, not once per class
+        warnings.simplefilter("ignore", UndefinedAPWarning)
         ap = per_class_average_precision(preds.scores, preds.labels, preds.class_names, difficult)
-    for warning in caught:
-        log.warning("%s", warning.message)
+    undefined = [name for name, value in zip(preds.class_names, ap, strict=True) if np.isnan(value)]
+    if undefined:
+        log.warning(
+            "%d class(es) have no positive image in the evaluated set: %s; their AP is "
+            "undefined (n/a) and left out of the mean",
+            len(undefined),
+            ", ".join(undefined),
+        )
     with warnings.catch_warnings():  # the same classes were just named for the first variant
         warnings.simplefilter("ignore", UndefinedAPWarning)
         ap_voc = per_class_average_precision(

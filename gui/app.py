@@ -259,8 +259,9 @@ class BrowserApp:
                 f"rank must be a whole number from 1 to {self.model.num_images:,}"
             )
 
-    def save_page(self) -> Path:
-        """Write the current page as one PNG into the screens folder; say where."""
+    def save_page(self) -> Path | None:
+        """Write the current page as one PNG into the screens folder; say where (or why not:
+        then None, and the window stays open)."""
         model = self.model
         tiles = [
             (
@@ -272,9 +273,17 @@ class BrowserApp:
         picture = page_image(tiles, self.columns, model.status_line())
         direction = "lowest" if model.lowest_first else "highest"
         path = self.screens_dir / f"{model.class_name}-{direction}-page{model.page + 1}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            picture.save(tmp, format="PNG")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as tmp:
+                picture.save(tmp, format="PNG")
+        except OSError as error:  # a read-only run folder must not end the session
+            self.window["-MESSAGE-"].update(
+                f"cannot save {project_relative(path)}: {error.strerror or error} "
+                f"(is the run folder writable?)"
+            )
+            log.error("cannot save %s: %s", path, error)
+            return None
         self.window["-MESSAGE-"].update(f"saved {project_relative(path)}")
         return path
 

@@ -21,6 +21,10 @@ from predictions import (
 
 log = logging.getLogger(__name__)
 
+MIN_THUMB_SIZE = 32  # narrower tiles cannot hold their rank/score caption
+MAX_THUMB_SIZE = 1000
+DIALOG_TITLE = "VOC ranking browser"
+
 
 class LaunchError(RuntimeError):
     """The app cannot start; the message says why and what to do."""
@@ -30,10 +34,53 @@ class LaunchError(RuntimeError):
         message = str(self)
         log.error("%s", message)
         if has_display():
-            import PySimpleGUI as sg
-
-            sg.popup_error(message, title="VOC ranking browser")
+            show_error_dialog(message)
         return 2
+
+
+def error_dialog(message: str):
+    """A modal message with one "OK" button that Return (or Escape) also presses."""
+    import PySimpleGUI as sg
+
+    window = sg.Window(
+        DIALOG_TITLE,
+        [[sg.Text(message, size=(70, None))], [sg.Button("OK", bind_return_key=True)]],
+        finalize=True,
+        keep_on_top=True,
+        modal=True,
+    )
+    window.bind("<Escape>", "OK")
+    window["OK"].set_focus()
+    return window
+
+
+def show_error_dialog(message: str) -> None:
+    """Show `message` until the user closes it."""
+    import PySimpleGUI as sg
+
+    window = error_dialog(message)
+    while window.read()[0] not in (sg.WIN_CLOSED, "OK"):
+        pass
+    window.close()
+
+
+def check_layout_options(args: argparse.Namespace) -> None:
+    """Grid options that cannot draw a page are refused before anything is loaded."""
+    for flag, value in (("--rows", args.rows), ("--columns", args.columns)):
+        if value < 1:
+            raise LaunchError(f"{flag} {value}: a page needs at least 1 (default 4 x 5)")
+    if not MIN_THUMB_SIZE <= args.thumb_size <= MAX_THUMB_SIZE:
+        raise LaunchError(
+            f"--thumb-size {args.thumb_size}: choose {MIN_THUMB_SIZE} to {MAX_THUMB_SIZE} "
+            f"pixels (default 150)"
+        )
+
+
+def first_class_with_positives(model: RankingModel) -> int:
+    """The class to open on: the first with a defined AP (a validation positive), so the first
+    page is not an all-red page with "AP n/a"; the first class if none has one."""
+    defined = [c for c, ap in enumerate(model.class_ap) if ap == ap]  # NaN != NaN
+    return defined[0] if defined else 0
 
 
 def has_display() -> bool:
@@ -52,7 +99,13 @@ def load_for_gui(predictions_arg: str | None, runs_dir: str) -> tuple[Prediction
 
 def launch(args: argparse.Namespace, started: float):
     """Load everything, open the window on the first page, and return the app."""
+    check_layout_options(args)
     predictions, path = load_for_gui(args.predictions, args.runs_dir)
+    if predictions.num_images == 0:
+        raise LaunchError(
+            f"Cannot open predictions: {path} holds no images (0 rows). Pass the predictions "
+            f"file of a run that validated at least one image"
+        )
     voc_root = voc_root_of(predictions, args.voc_root)
     if not voc_root.is_dir():
         raise LaunchError(
@@ -70,6 +123,8 @@ def launch(args: argparse.Namespace, started: float):
             model.set_class(predictions.class_index(args.class_name))
         except KeyError as error:
             raise LaunchError(str(error.args[0])) from error
+    else:
+        model.set_class(first_class_with_positives(model))
     size = (args.thumb_size, round(args.thumb_size * 0.75))
     cache = ThumbnailCache(voc_root, size=size)
     from gui.app import BrowserApp

@@ -34,6 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--class",
         dest="class_name",
         default=None,
-        help="class to start with (default: the first, aeroplane)",
+        help="class to start with (default: the first class with a validation positive)",
     )
     return parser

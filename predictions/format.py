@@ -162,8 +162,11 @@ def load_predictions(path: str | os.PathLike[str]) -> Predictions:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         if isinstance(error, PredictionsFormatError):
             raise
+        # numpy's own message would advise loading "unsafely" with pickle: never do that.
         raise PredictionsFormatError(
-            f"{path} is not a readable predictions file ({error})"
+            f"{path} is not a predictions file: it cannot be read as a NumPy .npz archive "
+            f"(another kind of file, or cut short). Pass a {PREDICTIONS_FILENAME} written by "
+            f"main_train.py"
         ) from error
     try:
         provenance = json.loads(str(arrays["provenance"]))

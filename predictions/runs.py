@@ -1,6 +1,12 @@
-"""Where runs live, and the `latest` pointer that lets the GUI and evaluation start with no
-arguments. The pointer is a one-line text file `runs/latest` holding the run folder's name
-(a text file rather than a symlink, so it works on every file system)."""
+"""Where runs live, and the pointers that let every program start with no arguments.
+
+Two one-line text files in the runs folder hold a run folder's name (text files rather than
+symlinks, so they work on every file system):
+- `latest`: the newest run that has predictions; the GUI and the evaluation open it.
+- `last-started`: the run folder created most recently, written the moment it is created, so
+  `main_train.py --resume latest` continues an interrupted run even before its first
+  checkpoint, never an older finished one.
+"""
 
 from __future__ import annotations
 
@@ -17,40 +23,68 @@ LATEST_POINTER = "latest"
 CONFIG_FILENAME = "config.json"
 HISTORY_FILENAME = "history.json"
 RUN_PROVENANCE_FILENAME = "provenance.json"  # what produced the run: training/provenance.py
+LAST_STARTED_POINTER = "last-started"
+RESERVED_NAMES = (LATEST_POINTER, LAST_STARTED_POINTER)
 
 
 class RunNotFoundError(FileNotFoundError):
     """No run folder (or predictions file) where one was asked for."""
 
 
-def write_latest_pointer(runs_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> None:
-    """Point `runs_dir/latest` at `run_dir` (stored as a path relative to `runs_dir`)."""
+def write_latest_pointer(
+    runs_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    pointer: str = LATEST_POINTER,
+) -> None:
+    """Point `runs_dir/<pointer>` at `run_dir` (stored as a path relative to `runs_dir`)."""
     runs_dir = resolve_project_path(runs_dir)
     relative = os.path.relpath(resolve_project_path(run_dir), runs_dir)
-    with atomic_write(runs_dir / LATEST_POINTER) as tmp:
+    with atomic_write(runs_dir / pointer) as tmp:
         tmp.write_text(Path(relative).as_posix() + "\n")
 
 
+def _known_runs(runs_dir: Path) -> str:
+    names = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    if not names:
+        return f"{runs_dir} holds no run folders"
+    shown = ", ".join(names[-5:])
+    return f"runs there: {shown}" + (f" (and {len(names) - 5} older)" if len(names) > 5 else "")
+
+
 def resolve_run_dir(
-    run: str | os.PathLike[str] | None = None, runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR
+    run: str | os.PathLike[str] | None = None,
+    runs_dir: str | os.PathLike[str] = DEFAULT_RUNS_DIR,
+    pointer: str = LATEST_POINTER,
 ) -> Path:
-    """The run folder for `run`: None or "latest" follow the pointer; otherwise a path
+    """The run folder for `run`: None or "latest" follow `runs_dir/<pointer>`; otherwise a path
     (relative to the project root) or the name of a folder inside `runs_dir`."""
     runs_dir = resolve_project_path(runs_dir)
     if run is None or str(run) == LATEST_POINTER:
-        pointer = runs_dir / LATEST_POINTER
-        if not pointer.is_file():
+        pointer_file = runs_dir / pointer
+        if not pointer_file.is_file() and pointer != LATEST_POINTER:
+            pointer_file = runs_dir / LATEST_POINTER
+        if not pointer_file.is_file():
             raise RunNotFoundError(
-                f"No finished run yet: {pointer} does not exist. Train one with "
-                f"`python main_train.py`, or name a run folder explicitly."
+                f"No finished run yet: {pointer_file} does not exist. Train one with "
+                f"`python main_train.py`, or name a run folder explicitly (--runs-dir says "
+                f"where runs live)."
             )
-        candidate = runs_dir / pointer.read_text().strip()
-    else:
-        candidate = resolve_project_path(run)
-        if not candidate.is_dir() and (runs_dir / run).is_dir():
-            candidate = runs_dir / run
+        candidate = runs_dir / pointer_file.read_text(encoding="utf-8").strip()
+        if not candidate.is_dir():
+            raise RunNotFoundError(
+                f"{pointer_file} points to {candidate}, which no longer exists; name a run "
+                f"folder explicitly ({_known_runs(runs_dir)})."
+            )
+        return candidate
+    candidate = resolve_project_path(run)
+    if not candidate.is_dir() and (runs_dir / run).is_dir():
+        candidate = runs_dir / run
     if not candidate.is_dir():
-        raise RunNotFoundError(f"Run folder not found: {candidate}.")
+        raise RunNotFoundError(
+            f"Run folder not found: looked for {str(run)!r} as a path ({candidate}) and as a "
+            f"run name in {runs_dir}; {_known_runs(runs_dir)}. Pass a run folder, its name "
+            f"with the right --runs-dir, or 'latest'."
+        )
     return candidate
 
 

@@ -20,16 +20,25 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 REAL_VOC_ROOT = SHARED_DATA / "voc2012-subset" / "VOCdevkit" / "VOC2012"
 IMAGENET_SAMPLES = SHARED_DATA / "imagenet-samples"
 
+# Virtual environments people keep in the project folder: never project code.
+VENV_FOLDERS = {"venv", ".venv", "env", ".env", "virtualenv"}
+
+
 def tracked_python_files() -> list[str]:
-    """The project's .py files (tracked, or new and not ignored), relative to the project root."""
+    """The project's own .py files, relative to the project root: tracked by git only (never a
+    venv, runs or scratch files a user keeps in the folder)."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        ["git", "ls-files", "--cached", "-z", "--", "*.py"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
-    return [name for name in listed.stdout.split() if (PROJECT_ROOT / name).is_file()]
+    return [
+        name
+        for name in listed.stdout.split("\0")
+        if name and name.split("/")[0] not in VENV_FOLDERS and (PROJECT_ROOT / name).is_file()
+    ]
 
 
 # The provenance a predictions file typically carries (tests copy it before changing it).

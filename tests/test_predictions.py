@@ -65,8 +65,9 @@ def test_load_rejects_files_that_are_not_predictions(tmp_path):
         load_predictions(tmp_path / "missing.npz")
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"this is not a zip archive")
-    with pytest.raises(PredictionsFormatError, match="not a readable predictions file"):
+    with pytest.raises(PredictionsFormatError, match="is not a predictions file") as info:
         load_predictions(garbage)
+    assert "pickle" not in str(info.value)  # numpy would advise loading it unsafely
     partial = tmp_path / "partial.npz"
     np.savez(partial, scores=np.zeros((2, 2), np.float32))
     with pytest.raises(PredictionsFormatError, match="lacks files, class_names, provenance"):

@@ -189,7 +189,8 @@ def test_main_train_end_to_end_writes_a_consistent_run(tiny_voc, tmp_path):
     assert produced_by["packages"]["torch"] == torch.__version__.split("+")[0]
 
 
-def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path, caplog):
+    caplog.set_level("INFO")  # as main_train.py's own logging set-up does outside pytest
     runs = tmp_path / "runs"
     assert (
         main_train.main(tiny_run_args(tiny_voc.root, runs, "--epochs", "2", "--run-name", "whole"))
@@ -220,6 +221,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_voc, tmp_path):
     whole_history = json.loads((runs / "whole" / "history.json").read_text())
     assert strip(whole_history) == strip(json.loads((runs / "halves" / "history.json").read_text()))
     assert json.loads((runs / "halves" / "config.json").read_text())["workers"] == 2
+    assert "resumed" in (runs / "halves" / "train.log").read_text()  # not only on the screen
 
 
 def _run_failing(args: list[str], tmp_path: Path) -> str:

@@ -7,6 +7,7 @@ ImageNet classifier (replaced by a 20-output layer), and how to get its pretrain
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +93,31 @@ def get_backbone(name: str) -> Backbone:
         raise ValueError(f"unknown arch {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
+def _is_pickle(path: Path) -> bool:
+    """Written by torch.save: a zip archive (current format) or a bare pickle (legacy)."""
+    with open(path, "rb") as handle:
+        return zipfile.is_zipfile(handle) or handle.read(1) == b"\x80"
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a saved state dict (also unwrapping {'state_dict': ...} / {'model': ...})."""
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"Weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises anything from KeyError to RuntimeError here
+        if _is_pickle(path) and "Weights only load failed" in str(error):
+            # Never fall back to full unpickling: it runs whatever code the file names.
+            raise WeightsUnavailableError(
+                f"{path} holds pickled Python objects (a whole model?), not a state dict of "
+                f"tensors. Save the weights with torch.save(model.state_dict(), PATH) and pass "
+                f"that file"
+            ) from error
+        raise WeightsUnavailableError(
+            f"{path} is not a readable PyTorch weights file (a different kind of file, or cut "
+            f"short): download or copy it again, or pass --weights imagenet or --weights none"
+        ) from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -109,6 +129,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def load_matching_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `model`, by name when the names agree, else by position.
 
+    Every tensor of the file must be used: a file with extra tensors (ResNet-34 into
+    ResNet-18, whose names are all in ResNet-34 with the same shapes) is another network.
+
     Loading by position serves checkpoints of the same network saved by another code base
     (the efficientnet-lite0 pip package names its tensors differently from timm, in the same
     order). It is only done when every tensor's shape agrees, so a wrong file cannot load.
@@ -117,6 +140,13 @@ def load_matching_state_dict(model: nn.Module, state: dict[str, torch.Tensor], s
     wanted = [k for k in target if not k.endswith("num_batches_tracked")]
     given = [k for k in state if not k.endswith("num_batches_tracked")]
     if all(k in state for k in wanted):
+        unused = [k for k in given if k not in target]
+        if unused:
+            raise WeightsUnavailableError(
+                f"{source} holds {len(unused)} tensors this network does not have (e.g. "
+                f"{unused[0]}): it is the state dict of a different (bigger) network. Pass the "
+                f"ImageNet state dict of the chosen --arch itself"
+            )
         loaded = {k: state[k] for k in wanted}
     elif len(given) == len(wanted):
         loaded = {ours: state[theirs] for ours, theirs in zip(wanted, given, strict=True)}

@@ -13,9 +13,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from predictions.runs import CONFIG_FILENAME, DEFAULT_RUNS_DIR, resolve_run_dir
+from predictions.runs import (
+    CONFIG_FILENAME,
+    DEFAULT_RUNS_DIR,
+    LAST_STARTED_POINTER,
+    resolve_run_dir,
+)
 from training.backbones import BACKBONES
+from training.config_checks import ConfigError, problems
 from vocdata.options import (
     add_arch_option,
     add_cache_dir_option,
@@ -24,7 +31,12 @@ from vocdata.options import (
     add_voc_root_option,
     none_or_value,
 )
+from vocdata.paths import project_relative
 from vocdata.splits import DifficultMode
+
+PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
+# A resumed run's checkpoint only fits the network and optimizer it was written by.
+FIXED_ON_RESUME = ("arch", "optimizer")
 
 
 def default_workers() -> int:
@@ -73,18 +85,46 @@ class TrainConfig:
     folds: int = 1
 
     def __post_init__(self) -> None:
+        self.cache_dir = none_or_value(self.cache_dir)
+        self.validate()
         if self.workers < 0:
             self.workers = default_workers()
-        self.cache_dir = none_or_value(self.cache_dir)
+
+    def validate(self) -> None:
+        """Check every option's value (training/config_checks.py); a ConfigError names them."""
+        found = problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if found:
+            raise ConfigError("; ".join(found))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """Every option, paths relative to the project root (as the README promises)."""
+        data = asdict(self)
+        for key in PATH_FIELDS:
+            if data.get(key) is not None:
+                data[key] = project_relative(data[key])
+        if data["weights"] not in ("imagenet", "none"):
+            data["weights"] = project_relative(data["weights"])
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json_file(cls, path: Path) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        data = json.loads(Path(path).read_text())
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls(**read_config_file(path))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The options saved in a run's config.json (unknown keys dropped), naming the file if it
+    cannot be read."""
+    known = {f.name for f in fields(TrainConfig)}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"Cannot read the saved options {path} ({error}); restore that file, or start a "
+            f"new run without --resume"
+        ) from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a JSON object of options; restore that file")
+    return {key: value for key, value in data.items() if key in known}
 
 
 def _fold_count(text: str) -> int:
@@ -292,24 +332,40 @@ def _resume_target(argv: Sequence[str] | None) -> tuple[str | None, str]:
 
 
 def config_from_argv(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse the command line into a TrainConfig, once.
+    """Parse the command line into a TrainConfig, once, and check every value.
 
     With --resume, the saved config becomes the parser's defaults (`parser.set_defaults`), so
     the one parse yields the saved run with only the options given again overriding it.
+    `--resume latest` follows the `last-started` pointer: the newest run folder created,
+    finished or not.
     """
     parser = build_parser()
     resume, runs_dir = _resume_target(argv)
-    run_dir = None
-    if resume is not None:
-        run_dir = resolve_run_dir(resume, runs_dir)
-        saved = run_dir / CONFIG_FILENAME
-        if not saved.is_file():
-            raise FileNotFoundError(f"Cannot resume {run_dir}: it has no {CONFIG_FILENAME}.")
-        parser.set_defaults(**asdict(TrainConfig.from_json_file(saved)))
-    config = TrainConfig(**vars(parser.parse_args(argv)))
-    if run_dir is not None:
-        config.resume = str(run_dir)
-        config.run_name = run_dir.name
-    # TrainConfig.validate() (option values: choices, ranges, a readable --weights file) is
-    # called here once it exists, so a bad option fails before any image is read.
-    return config
+    if resume is None:
+        return TrainConfig(**vars(parser.parse_args(argv)))
+    run_dir = resolve_run_dir(resume, runs_dir, pointer=LAST_STARTED_POINTER)
+    saved_path = run_dir / CONFIG_FILENAME
+    if not saved_path.is_file():
+        raise FileNotFoundError(
+            f"Cannot resume {run_dir}: it has no {CONFIG_FILENAME}, so it is not a run folder "
+            f"(or was stopped before training began). Start a new run without --resume."
+        )
+    saved = read_config_file(saved_path)
+    parser.set_defaults(**saved)
+    values = vars(parser.parse_args(argv))
+    check_resume_overrides(saved, values, run_dir)
+    values.update(resume=str(run_dir), run_name=run_dir.name)
+    return TrainConfig(**values)
+
+
+def check_resume_overrides(saved: dict[str, Any], given: dict[str, Any], run_dir: Path) -> None:
+    """Refuse options that the run's checkpoint cannot follow (another network or optimizer).
+    The saved values are the parser's defaults, so a value that differs was typed again."""
+    for key in FIXED_ON_RESUME:
+        if key in given and key in saved and given[key] != saved[key]:
+            flag = key.replace("_", "-")
+            raise ConfigError(
+                f"--{flag} {given[key]} differs from the run's own --{flag} {saved[key]}: "
+                f"{run_dir} can only be resumed as it was started. Drop --{flag}, or start a "
+                f"new run without --resume."
+            )

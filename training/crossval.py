@@ -51,7 +51,7 @@ from predictions import (
 )
 from predictions.ensemble import DEFAULT_AVERAGING_RULE, combine_scores
 from training.checkpoint import BEST_MODEL, LAST_CHECKPOINT, ModelHook, load_trusted
-from training.config import CONFIG_FILENAME, TrainConfig
+from training.config import TrainConfig
 from training.distributed import (
     DistContext,
     barrier,
@@ -74,6 +74,7 @@ from training.trainer import (
     _attach_log_file,
     _finite_or_none,
     _new_run_dir,
+    _write_config,
     _write_json,
 )
 from vocdata.classes import VOC_CLASSES
@@ -264,7 +265,7 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
         run_dir = resolve_project_path(config.resume)
         assignment = load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
         if context.is_main:  # with the options given again (e.g. a larger --epochs)
-            _write_json(run_dir / CONFIG_FILENAME, asdict(config))
+            _write_config(run_dir, config)
         return run_dir, full_train, assignment
     targets, _ = full_train.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, config.folds, config.seed)
@@ -279,9 +280,8 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
         broadcast_object(str(_new_run_dir(config)) if context.is_main else None, context)
     )
     if context.is_main:
+        # _new_run_dir wrote config.json and the last-started pointer (--resume latest)
         save_folds(run_dir / FOLDS_FILENAME, full_train, assignment, config.seed, config.difficult)
-        _write_json(run_dir / CONFIG_FILENAME, asdict(config))
-        write_latest_pointer(config.runs_dir, run_dir)  # so --resume latest finds it at once
     return run_dir, full_train, assignment
 
 

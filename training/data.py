@@ -18,7 +18,7 @@ from vocdata.cache import ImageCache, open_or_build_cache
 from vocdata.dataset import SampleKey, VocClassification, load_split_checked
 from vocdata.errors import VocDataError
 from vocdata.paths import resolve_project_path
-from vocdata.splits import VocSplit
+from vocdata.splits import VocSplit, check_disjoint, main_dir
 from vocdata.transforms import eval_resize_size, eval_transform, train_transform
 
 
@@ -116,6 +116,7 @@ def build_run_data(
     train_split = full_train
     if fold is not None:
         train_split = full_train.subset(_rows_mask(fold.train_rows, len(full_train)))
+    check_disjoint(full_train, val_split, main_dir(voc_root))
     if len(train_split) < config.batch_size * context.world_size:
         raise VocDataError(
             f"The train split has {len(train_split)} images, fewer than one batch of "

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import pickle
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,7 +33,8 @@ from evaluation.metrics import (
     per_class_average_precision,
 )
 from predictions import PREDICTIONS_FILENAME, Predictions, save_predictions, write_latest_pointer
-from predictions.runs import HISTORY_FILENAME, RUN_PROVENANCE_FILENAME
+from predictions.runs import HISTORY_FILENAME, LAST_STARTED_POINTER, RUN_PROVENANCE_FILENAME
+from training.backbones import read_state_dict
 from training.checkpoint import (
     BEST_MODEL,
     LAST_CHECKPOINT,
@@ -61,13 +65,53 @@ from training.seed import derive_seed, seed_everything
 from vocdata.atomic import atomic_write
 from vocdata.classes import VOC_CLASSES
 from vocdata.download import ensure_voc_root
-from vocdata.paths import project_relative, resolve_project_path
+from vocdata.paths import display_path, project_relative, resolve_project_path
 from vocdata.splits import resolve_voc_root
 
 log = logging.getLogger("training")
 
 HELD_OUT_PREDICTIONS = "heldout_predictions.npz"  # a fold model's scores of its held-out fold
 LOG_FILENAME = "train.log"
+
+
+# What torch.load and load_state_dict raise for a damaged or foreign checkpoint.
+_UNREADABLE = (RuntimeError, ValueError, EOFError, pickle.PickleError)
+
+
+class RunFolderError(RuntimeError):
+    """A run folder cannot be created, written or resumed; the message says what to do."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run whose folder exists: says which folder and how to continue it."""
+
+    def __init__(self, run_dir: Path, epochs_done: int) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir, self.epochs_done = run_dir, epochs_done
+
+    def message(self) -> str:
+        folder = display_path(self.run_dir)
+        kept = (
+            f"it keeps the {self.epochs_done} completed epoch(s)"
+            if self.epochs_done
+            else "no epoch was completed, so resuming restarts it in place from epoch 1"
+        )
+        return (
+            f"interrupted: run folder {folder} ({kept}); continue it with "
+            f"`python main_train.py --resume {folder}`"
+        )
+
+
+class _BufferedLog(logging.Handler):
+    """Keeps the records logged before the run folder exists (skipped images, the resume
+    line) so that they reach the run's train.log too, not only the screen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 @dataclass
@@ -151,14 +195,53 @@ def configure_determinism(config: TrainConfig, runtime: Runtime) -> None:
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
+    """Create the run folder with its config.json, and point `last-started` at it at once, so
+    that `--resume latest` finds it even if it is stopped before its first checkpoint."""
     runs_dir = resolve_project_path(config.runs_dir)
     base = config.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.arch}"
     run_dir, suffix = runs_dir / base, 1
     while run_dir.exists():
         suffix += 1
         run_dir = runs_dir / f"{base}-{suffix}"
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+        _write_config(run_dir, config)
+        write_latest_pointer(runs_dir, run_dir, pointer=LAST_STARTED_POINTER)
+    except OSError as error:
+        raise RunFolderError(
+            f"Cannot create the run folder {run_dir} ({error.strerror or error}); choose a "
+            f"writable --runs-dir"
+        ) from error
     return run_dir
+
+
+def _write_config(run_dir: Path, config: TrainConfig) -> None:
+    with atomic_write(run_dir / CONFIG_FILENAME) as tmp:
+        tmp.write_text(config.to_json() + "\n")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Before any data is read: a resumed run folder must take our files (a read-only folder,
+    or a file where a folder belongs, fails here with a message instead of mid-run)."""
+    folder = display_path(run_dir)
+    for name in (LOG_FILENAME, CONFIG_FILENAME, HISTORY_FILENAME, LAST_CHECKPOINT):
+        if (run_dir / name).is_dir():
+            raise RunFolderError(
+                f"Cannot resume {folder}: {name} there is a folder, not a file; move it away"
+            )
+    if (run_dir / "tensorboard").exists() and not (run_dir / "tensorboard").is_dir():
+        raise RunFolderError(
+            f"Cannot resume {folder}: its tensorboard is a file, not a folder; move it away"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise RunFolderError(
+            f"Cannot resume {folder}: it is not writable ({error.strerror or error}). Make it "
+            f"writable (chmod u+w), or copy the run folder somewhere writable and resume that"
+        ) from error
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
@@ -213,14 +296,21 @@ class Trainer:
         self.context = init_distributed(
             use_cuda=config.device != "cpu" and torch.cuda.is_available()
         )
+        self.early_log = _BufferedLog()
+        logging.getLogger().addHandler(self.early_log)
         try:
             self._build(config, model_hook)
         except BaseException:
+            logging.getLogger().removeHandler(self.early_log)
             shutdown_distributed(self.context)  # bad input must not leave the group behind
             raise
 
     def _build(self, config: TrainConfig, model_hook: ModelHook | None) -> None:
+        if config.resume and self.context.is_main:
+            _check_writable(resolve_project_path(config.resume))
         self.runtime = pick_runtime(config, self.context)
+        if config.weights not in ("imagenet", "none"):
+            read_state_dict(config.weights)  # a bad file is named before the data is read
         configure_determinism(config, self.runtime)
         seed_everything(derive_seed(config.seed, self.context.rank))
 
@@ -237,8 +327,7 @@ class Trainer:
         self.state = TrainState()
 
         if config.resume:
-            self.run_dir = resolve_project_path(config.resume)
-            self._load_checkpoint(self.run_dir / LAST_CHECKPOINT)
+            self._resume(resolve_project_path(config.resume))
         elif self.fold is not None:
             self.run_dir = self.fold.run_dir
             if self.context.is_main:
@@ -259,14 +348,42 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
     # -- checkpoints -------------------------------------------------------------------------
+    def _resume(self, run_dir: Path) -> None:
+        """Continue from the run's checkpoint; a run stopped before its first checkpoint has
+        nothing to continue from and restarts in place, exactly as it first started."""
+        self.run_dir = run_dir
+        checkpoint = run_dir / LAST_CHECKPOINT
+        if not checkpoint.is_file():
+            log.info(
+                "%s has no %s (stopped during its first epoch): restarting it in place "
+                "from epoch 1",
+                display_path(run_dir),
+                LAST_CHECKPOINT,
+            )
+            return
+        self._load_checkpoint(checkpoint)
+        if self.state.epoch >= self.config.epochs:
+            raise RunFolderError(
+                f"{display_path(run_dir)} already finished its {self.state.epoch} epoch(s): "
+                f"nothing to resume. Pass a larger --epochs to train it further, or start a "
+                f"new run without --resume"
+            )
+
     def _load_checkpoint(self, path: Path) -> None:
-        saved = load_trusted(path)
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        restore_rng_state(saved["rng"])
-        self.state = TrainState(**saved["state"])
+        try:
+            saved = load_trusted(path)
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+            restore_rng_state(saved["rng"])
+            self.state = TrainState(**saved["state"])
+        except (*_UNREADABLE, KeyError, TypeError) as error:
+            raise RunFolderError(
+                f"Cannot resume from {display_path(path)}: it is damaged or was written for "
+                f"another network ({str(error).splitlines()[0][:200]}). Start a new run "
+                f"without --resume"
+            ) from error
         log.info(
             "resumed %s after epoch %d (best mAP %.4f at epoch %s)",
             self.run_dir,
@@ -421,10 +538,12 @@ class Trainer:
         """Train the remaining epochs; return the run folder."""
         config, main = self.config, self.context.is_main
         writer, handler = None, None
+        logging.getLogger().removeHandler(self.early_log)
         if main:
             handler = _attach_log_file(self.run_dir)
-            with atomic_write(self.run_dir / CONFIG_FILENAME) as tmp:
-                tmp.write_text(config.to_json() + "\n")
+            for record in self.early_log.records:
+                handler.handle(record)
+            _write_config(self.run_dir, config)
             if not (self.run_dir / RUN_PROVENANCE_FILENAME).exists():  # kept across resumes
                 _write_json(self.run_dir / RUN_PROVENANCE_FILENAME, collect_run_provenance())
             from torch.utils.tensorboard import SummaryWriter
@@ -460,9 +579,10 @@ class Trainer:
                 barrier(self.context)
                 if config.stop_after is not None and done_this_session >= config.stop_after:
                     log.info(
-                        "stopping after %d epoch(s) as asked; continue with --resume %s",
+                        "stopping after %d epoch(s) as asked; continue with "
+                        "`python main_train.py --resume %s`",
                         done_this_session,
-                        project_relative(self.run_dir),
+                        display_path(self.run_dir),
                     )
                     break
             if main:
@@ -530,5 +650,7 @@ def run(
     trainer = Trainer(config, model_hook, model_variant)
     try:
         return trainer.fit()
+    except KeyboardInterrupt as error:
+        raise TrainingInterrupted(trainer.run_dir, trainer.state.epoch) from error
     finally:
         shutdown_distributed(trainer.context)

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _new_file_mode(target: Path) -> int:
+    """The mode a plainly created file would get: the target's own if it exists (a rewrite
+    keeps it), else 0o666 minus the umask (a temporary file alone would be 0o600)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -17,7 +29,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
 
     A crash, Ctrl-C or exception while writing never leaves a half-written `path` behind:
-    readers see either the old complete file or the new complete one.
+    readers see either the old complete file or the new complete one. The file gets the
+    permissions the umask gives (others may read reports on a shared machine).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +39,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp_name)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _new_file_mode(target))
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
 from vocdata.errors import VocRootNotFoundError
-from vocdata.splits import VOC_ROOT_ENV
+from vocdata.splits import VOC_ROOT_ENV, describe_missing_root
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,12 @@ def ensure_voc_root(voc_root: Path, download: bool = True) -> Path:
         return voc_root
     if not download:
         raise VocRootNotFoundError(
-            f"VOC root not found at {voc_root} and downloading is off (--no-download). "
+            f"{describe_missing_root(voc_root)} and downloading is off (--no-download). "
             + _manual_fix(voc_root)
         )
     if voc_root.parts[-2:] != tuple(VOC2012["base_dir"].split("/")):
         raise VocRootNotFoundError(
-            f"VOC root not found at {voc_root}. The download unpacks to .../VOCdevkit/VOC2012, so "
+            f"{describe_missing_root(voc_root)}. The download unpacks to .../VOCdevkit/VOC2012, so "
             f"it can only fill a root ending in those folders. " + _manual_fix(voc_root)
         )
     download_root = voc_root.parent.parent

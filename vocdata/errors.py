@@ -11,3 +11,14 @@ class VocRootNotFoundError(VocDataError):
 
 class ImageReadError(VocDataError):
     """A listed image is missing or cannot be decoded."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a person about a failed file operation: our own errors (which subclass
+    OSError, like a missing run) keep their message; a system error names its path."""
+    if error.filename is None or type(error).__module__ != "builtins":
+        return str(error)
+    return (
+        f"cannot use {error.filename}: {error.strerror or error}. Check that the path exists "
+        f"and is writable, or choose another one"
+    )

@@ -37,3 +37,11 @@ def project_relative(path: str | os.PathLike[str]) -> str:
     except ValueError:
         return absolute.as_posix()
     return Path(relative).as_posix()
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """`path` as a person should type it: relative inside the project, else absolute (a
+    relative path out of the project, like ../../tmp/x, is hard to read and to copy)."""
+    absolute = resolve_project_path(path)
+    relative = project_relative(absolute)
+    return absolute.as_posix() if relative.startswith("..") else relative

@@ -101,24 +101,57 @@ def targets_and_mask(
     return targets.astype(np.float32), mask.astype(np.float32)
 
 
+def describe_missing_root(voc_root: Path) -> str:
+    """Why `voc_root` is not a VOC tree: absent, empty, or holding something else."""
+    voc_root = Path(voc_root)
+    if not voc_root.exists():
+        return f"VOC root not found at {voc_root}"
+    if not voc_root.is_dir():
+        return f"VOC root {voc_root} is a file, not a folder"
+    entries = sorted(p.name for p in voc_root.iterdir())
+    if not entries:
+        return f"VOC root {voc_root} exists but is empty (no ImageSets/Main)"
+    shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    return f"VOC root {voc_root} has no ImageSets/Main (it holds {shown})"
+
+
 def main_dir(voc_root: Path) -> Path:
     """`ImageSets/Main` under the root, or a clear error when the root is not a VOC tree."""
     main = Path(voc_root) / "ImageSets" / "Main"
     if not main.is_dir():
         raise VocRootNotFoundError(
-            f"VOC root not found at {voc_root} (no ImageSets/Main there). Set --voc-root or "
+            f"{describe_missing_root(voc_root)}. Set --voc-root or "
             f"{VOC_ROOT_ENV} to the folder that holds ImageSets/ and JPEGImages/ (usually "
             f".../VOCdevkit/VOC2012), or let main_train.py download it (no --no-download)."
         )
     return main
 
 
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a split or class file; a UTF-8 byte-order mark (Windows editors) is
+    dropped, so it cannot glue itself to the first image id."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise VocDataError(f"{path} is not a UTF-8 text file ({error}).") from error
+
+
 def _read_id_list(path: Path) -> list[str]:
     if not path.is_file():
         raise VocDataError(f"Split file missing: {path}. The VOC tree looks incomplete.")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if len(set(ids)) != len(ids):
-        raise VocDataError(f"{path} lists some image ids more than once.")
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(_read_lines(path), start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if image_id in first_line:
+            raise VocDataError(
+                f"{path}:{number}: image {image_id} is listed again (first on line "
+                f"{first_line[image_id]}); remove one of the two lines."
+            )
+        first_line[image_id] = number
+        ids.append(image_id)
     return ids
 
 
@@ -129,7 +162,7 @@ def _read_class_file(
     if not path.is_file():
         raise VocDataError(f"Class file missing: {path}. Every class needs one per split.")
     seen = np.zeros(len(row_of), dtype=bool)
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_lines(path), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -191,3 +224,16 @@ def read_split(voc_root: str | os.PathLike[str], split: str) -> VocSplit:
     for column, class_name in enumerate(VOC_CLASSES):
         _read_class_file(main / f"{class_name}_{split}.txt", split_file, row_of, labels[:, column])
     return VocSplit(split, tuple(image_ids), labels)
+
+
+def check_disjoint(train: VocSplit, val: VocSplit, main: Path) -> None:
+    """An image in both splits would be validated after being trained on (leakage)."""
+    shared = sorted(set(train.image_ids) & set(val.image_ids))
+    if shared:
+        more = f" (and {len(shared) - 5} more)" if len(shared) > 5 else ""
+        shown = ", ".join(shared[:5]) + more
+        raise VocDataError(
+            f"{len(shared)} image id(s) are listed in both {main / 'train.txt'} and "
+            f"{main / 'val.txt'}: {shown}. Validation must not see training images; remove "
+            f"them from one of the two splits."
+        )

@@ -18,12 +18,13 @@ from datetime import datetime
 import torch
 
 from evaluation.tables import markdown_table
-from predictions import RunNotFoundError
 from training.backbones import BACKBONES, WeightsUnavailableError, create_imagenet_network
 from training.config import build_parser as trainer_parser
 from training.config import config_from_argv
+from training.config_checks import FIELD_CHECKS, ConfigError
+from training.trainer import RunFolderError
 from vocdata.atomic import atomic_write
-from vocdata.errors import VocDataError
+from vocdata.errors import VocDataError, describe_os_error
 from vocdata.options import add_device_option
 from vocdata.paths import project_relative, resolve_project_path
 from wsconv.imagenet_check import DEFAULT_IMAGENET_SAMPLES, format_check_table, prediction_check
@@ -114,12 +115,53 @@ def _training_arch(arch: str, weights: str) -> str:
         return "efficientnet_lite0"
 
 
+def _training_config(trainer_args: list[str], args: argparse.Namespace, arch: str):
+    return config_from_argv(
+        [
+            *trainer_args,
+            *("--epochs", str(args.epochs), "--arch", arch),
+            *("--weights", args.weights, "--device", args.device),
+        ]
+    )
+
+
+def check_options(args: argparse.Namespace, trainer_args: list[str]) -> None:
+    """Every option, before any folder is made or any network is loaded (ConfigError)."""
+    if args.train and args.epochs < MIN_EPOCHS:
+        raise ConfigError(f"--epochs {args.epochs}: must be at least {MIN_EPOCHS}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: use at least 1 image, or leave it out")
+    problem = FIELD_CHECKS["device"](args.device)
+    if problem:
+        raise ConfigError(f"--device {args.device!r}: {problem}")
+    if args.train:  # the training options, with the arch decided later
+        _training_config(trainer_args, args, "efficientnet_lite0")
+    labels = resolve_project_path(args.imagenet) / "labels.csv"
+    if not args.skip_check and not labels.is_file():
+        raise ConfigError(
+            f"--imagenet {args.imagenet!r}: {labels} not found; pass a folder holding "
+            f"labels.csv (file, wnid, class_index, name) and images/, or --skip-check"
+        )
+    if args.out:
+        problem = FIELD_CHECKS["runs_dir"](args.out)
+        if problem:
+            raise ConfigError(f"--out {args.out!r}: {problem}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args, trainer_args = build_parser().parse_known_args(argv)
-    if args.train and args.epochs < MIN_EPOCHS:
-        log.error("--epochs must be at least %d", MIN_EPOCHS)
-        return 2
+    try:
+        check_options(args, trainer_args)
+        return _main(args, trainer_args)
+    except (ConfigError, VocDataError, WeightsUnavailableError, RunFolderError) as error:
+        log.error("%s", error)
+    except OSError as error:  # RunNotFoundError and FileNotFoundError carry their own message
+        log.error("%s", describe_os_error(error))
+    return 2
+
+
+def _main(args: argparse.Namespace, trainer_args: list[str]) -> int:
     out = resolve_project_path(args.out or f"runs/wsconv/{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     device_name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
@@ -127,59 +169,43 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"ws_eps": WS_EPS, "variance": "biased (unbiased=False)"}
     markdown = ["# Weight-standardised convolutions folded into BatchNorm\n"]
 
-    try:
-        if not args.skip_check:
-            backbones = {
-                name: (args.resnet18_weights if name == "resnet18" else "imagenet")
-                for name in args.backbones
-            }
-            dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
-            rows, skipped = prediction_check(
-                backbones, resolve_project_path(args.imagenet), device, args.limit, dtypes
-            )
-            summary["prediction_check"] = [asdict(r) for r in rows]
-            summary["prediction_check_skipped"] = skipped
-            table = format_check_table(rows)
-            print(table)
-            markdown += ["## Prediction time (ImageNet samples)\n", table, ""]
-            markdown += [f"- {arch}: skipped, {reason}" for arch, reason in skipped.items()]
+    if not args.skip_check:
+        backbones = {
+            name: (args.resnet18_weights if name == "resnet18" else "imagenet")
+            for name in args.backbones
+        }
+        dtypes = (torch.float32, torch.float64) if args.float64 else (torch.float32,)
+        rows, skipped = prediction_check(
+            backbones, resolve_project_path(args.imagenet), device, args.limit, dtypes
+        )
+        summary["prediction_check"] = [asdict(r) for r in rows]
+        summary["prediction_check_skipped"] = skipped
+        table = format_check_table(rows)
+        print(table)
+        markdown += ["## Prediction time (ImageNet samples)\n", table, ""]
+        markdown += [f"- {arch}: skipped, {reason}" for arch, reason in skipped.items()]
 
-        if args.train:
-            config = config_from_argv(
-                [
-                    *trainer_args,
-                    "--epochs",
-                    str(args.epochs),
-                    "--arch",
-                    _training_arch(args.arch, args.weights),
-                    "--weights",
-                    args.weights,
-                    "--device",
-                    args.device,
-                ]
-            )
-            maps = {}
-            for variant in args.train:
-                run_dir = train_variant(config, variant, out / "runs")
-                maps[variant] = map_per_epoch(run_dir)
-                log.info("%s: val mAP per epoch %s", variant, maps[variant])
-            summary["training_check"] = {
-                "arch": config.arch,
-                "epochs": config.epochs,
-                "val_map_per_epoch": maps,
-            }
-            table = markdown_table(
-                ["epoch", *maps],
-                [
-                    [e + 1, *("n/a" if maps[v][e] is None else f"{maps[v][e]:.4f}" for v in maps)]
-                    for e in range(config.epochs)
-                ],
-            )
-            print(table)
-            markdown += [f"## Training time: validation mAP per epoch ({config.arch})\n", table, ""]
-    except (VocDataError, WeightsUnavailableError, RunNotFoundError, FileNotFoundError) as error:
-        log.error("%s", error)
-        return 2
+    if args.train:
+        config = _training_config(trainer_args, args, _training_arch(args.arch, args.weights))
+        maps = {}
+        for variant in args.train:
+            run_dir = train_variant(config, variant, out / "runs")
+            maps[variant] = map_per_epoch(run_dir)
+            log.info("%s: val mAP per epoch %s", variant, maps[variant])
+        summary["training_check"] = {
+            "arch": config.arch,
+            "epochs": config.epochs,
+            "val_map_per_epoch": maps,
+        }
+        table = markdown_table(
+            ["epoch", *maps],
+            [
+                [e + 1, *("n/a" if maps[v][e] is None else f"{maps[v][e]:.4f}" for v in maps)]
+                for e in range(config.epochs)
+            ],
+        )
+        print(table)
+        markdown += [f"## Training time: validation mAP per epoch ({config.arch})\n", table, ""]
     markdown += ["## Which mode breaks in training, and why\n", explanation(), ""]
     with atomic_write(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
