@@ -14,13 +14,13 @@ from evaluation.report import ReportInputError, ReportInputs, load_inputs, write
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
 from evaluation.unlabelled import write_unlabelled_report
 from predictions import (
-    HISTORY_FILENAME,
     PREDICTIONS_FILENAME,
     PredictionsFormatError,
     RunNotFoundError,
     load_predictions,
     resolve_run_dir,
 )
+from predictions.runs import HISTORY_FILENAME
 from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import display_path, project_relative, resolve_project_path
 

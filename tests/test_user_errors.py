@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torchvision
 
@@ -351,10 +352,20 @@ EVALUATION_CASES = [
         lambda run: (run / "report").write_text("a file where the report folder goes"),
         ("Cannot write the report into", "pass --out"),
     ),
-    ("k 0", ["--k", "0"], None, ("--k 0", "at least 1")),
-    ("thresholds", ["--thresholds", "3"], None, ("--thresholds 3", "10 to 20")),
     ("unknown class", ["--classes", "unicorn"], None, ("unknown class 'unicorn'", "known:")),
 ]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [(["--k", "0"], "--k: must be at least 1"), (["--thresholds", "3"], "from 10 to 20")],
+)
+def test_evaluation_number_options_are_usage_errors(option, expected, capsys):
+    """Out-of-range counts are refused by the parser itself: exit 2 before any file is read."""
+    with pytest.raises(SystemExit) as exited:
+        evaluation_main(["--run", "nosuchrun", *option])
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err
 
 
 def test_evaluation_refuses_bad_input(tiny_voc, tmp_path, caplog):
