@@ -33,6 +33,9 @@ class Backbone:
     head_name: str  # attribute of the ImageNet classifier (an nn.Linear)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # Module (dotted path in the network) whose feature maps the GUI's activation maps use:
+    # the last convolutional stage before global pooling (lite0: conv_head's BN + ReLU6).
+    cam_layer: str = ""
 
 
 def _resnet18() -> nn.Module:
@@ -77,10 +80,10 @@ def _lite0_imagenet() -> dict[str, torch.Tensor]:
 
 BACKBONES: dict[str, Backbone] = {
     "resnet18": Backbone(
-        "resnet18", _resnet18, _resnet18_imagenet, "fc", IMAGENET_MEAN, IMAGENET_STD
+        "resnet18", _resnet18, _resnet18_imagenet, "fc", IMAGENET_MEAN, IMAGENET_STD, "layer4"
     ),
     "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", _lite0, _lite0_imagenet, "classifier", LITE0_MEAN, LITE0_STD
+        "efficientnet_lite0", _lite0, _lite0_imagenet, "classifier", LITE0_MEAN, LITE0_STD, "bn2"
     ),
 }
 
