@@ -67,7 +67,17 @@ def network_pixels(path: Path, shorter_side: int) -> np.ndarray:
         picture = ImageOps.exif_transpose(image).convert("RGB")
     scale = shorter_side / min(picture.size)
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-    return np.asarray(picture.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+    return np.array(picture.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def align(heatmap: np.ndarray, offset: float) -> np.ndarray:
+    """Move a map upsampled by a plain resize by `offset` pixels down and right (up and left
+    when negative), onto where the cells of the network's layer really look."""
+    if offset == 0:
+        return heatmap
+    from scipy.ndimage import shift
+
+    return shift(heatmap, (offset, offset), order=1, mode="nearest").astype(np.float32)
 
 
 def cam_target_layer(model: Any, arch: str) -> Any:
@@ -92,8 +102,11 @@ class GradCamMapper:
     def __init__(self, model: Any, arch: str, shorter_side: int) -> None:
         from pytorch_grad_cam import GradCAM
 
+        from training.backbones import get_backbone
+
         self.model = model
         self.shorter_side = shorter_side
+        self.offset = get_backbone(arch).cam_offset
         self._cam = GradCAM(model=model, target_layers=[cam_target_layer(model, arch)])
 
     @classmethod
@@ -104,15 +117,16 @@ class GradCamMapper:
         return cls(model, saved["arch"], int(saved.get("image_size", 224)))
 
     def heatmap(self, pixels: np.ndarray, class_index: int) -> np.ndarray:
-        """(H, W) float32 in [0, 1] at the size of `pixels` ((H, W, 3) uint8)."""
+        """(H, W) float32 in [0, 1] at the size of `pixels` ((H, W, 3) uint8), aligned with
+        the image (grad-cam's own resize would put it half a cell off, see `align`)."""
         import torch
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+        images = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)[None].float()
         with torch.enable_grad():
             maps = self._cam(input_tensor=images, targets=[ClassifierOutputTarget(class_index)])
         self.model.zero_grad(set_to_none=True)
-        return np.asarray(maps[0], dtype=np.float32)
+        return align(np.asarray(maps[0], dtype=np.float32), self.offset)
 
 
 class CamProvider:
