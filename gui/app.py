@@ -47,10 +47,13 @@ KEYS = {
 }
 SHORT_MARKS = {"label": "⚑ label wrong?", "model": "⚑ model wrong"}
 LEGEND = (
-    "border: green = contains, orange = difficult, red = absent; blue bar: first image "
-    "below the threshold\nkeys: ←/→ PgUp/PgDn Home/End pages · Ctrl+↑/↓ threshold ±0.05 · "
-    "Ctrl+B best-F1 threshold · Ctrl+T type a threshold · Ctrl+D disagreements only · "
-    "Ctrl+E export CSV · Ctrl+Enter open the first image (then C map, L/M mark, ←/→ step)"
+    "click an image (or Ctrl+Enter) for all 20 scores, its activation map and marks\n"
+    "border: green = contains, orange = difficult, red = absent; blue bar: the first image "
+    "below the threshold\n"
+    "keys: ←/→ PgUp/PgDn Home/End pages · Ctrl+↑/↓ threshold ±0.05 · Ctrl+B best-F1 threshold "
+    "· Ctrl+T type a threshold\n"
+    "Ctrl+D disagreements only · Ctrl+E export CSV · in the large view: C activation map, "
+    "L / M mark, ←/→ step, Esc close"
 )
 THEME = "LightGrey1"
 
@@ -188,12 +191,6 @@ class BrowserApp:
             sg.Button("◀ Previous", key="-PREV-"),
             sg.Button("Next ▶", key="-NEXT-"),
             sg.Button("Bottom", key="-LAST-"),
-            sg.Text(
-                "click an image (or Ctrl+Enter) for all 20 scores, its activation map and marks\n"
-                + LEGEND,
-                font=("Helvetica", 9),
-                key="-LEGEND-",
-            ),
         ]
         return [
             controls,
@@ -203,6 +200,7 @@ class BrowserApp:
             [sg.Text("", key="-THRESHOLD-LINE-", size=(110, 1))],
             *grid,
             navigation,
+            [sg.Text(LEGEND, font=("Helvetica", 9), key="-LEGEND-")],
             [sg.Text("", key="-MESSAGE-", size=(110, 1), text_color="dark red")],
         ]
 

@@ -20,7 +20,7 @@ from evaluation.tailacc import DECISION_THRESHOLD, tail_accuracy
 from gui.review import ExportRow, disagreement_rows
 from gui.threshold import (
     DEFAULT_THRESHOLD,
-    TAILACC_UNDEFINED,
+    TAILACC_UNDEFINED_SHORT,
     ThresholdSummary,
     best_threshold,
     first_rank_below,
@@ -343,7 +343,7 @@ class RankingModel:
         if score >= DECISION_THRESHOLD:
             parts.append(f"Tailacc at score {format_score(score)}: {fmt(self.tailacc_at(score))}")
         else:
-            parts.append(TAILACC_UNDEFINED.replace("Tailacc: only", "Tailacc only"))
+            parts.append(TAILACC_UNDEFINED_SHORT)
         if self.lowest_first and not self.disagreements_only:
             seen = self.order()[k - 1 :]
             missed = int(self.targets[seen, self.class_index].sum())

@@ -21,10 +21,8 @@ from evaluation.tailacc import DECISION_THRESHOLD, tail_accuracy
 
 DEFAULT_THRESHOLD = DECISION_THRESHOLD
 THRESHOLD_STEP = 0.05
-TAILACC_UNDEFINED = (
-    "Tailacc: only for t ≥ 0.5 (below, its tail holds images the classifier rejects and "
-    "counts them as right)"
-)
+TAILACC_UNDEFINED = "Tailacc: defined for t ≥ 0.5 only (below, it counts rejected images as hits)"
+TAILACC_UNDEFINED_SHORT = "Tailacc: n/a below 0.5"
 
 
 def parse_threshold(text: str) -> float:
