@@ -299,8 +299,8 @@ class RankingModel:
             )
             return (
                 f"class: {self.class_name} — disagreements {shown} of {len(rows):,} at "
-                f"threshold {format_score(self.threshold)} ({above:,} labelled absent above, "
-                f"{len(rows) - above:,} labelled present below)"
+                f"t = {format_score(self.threshold)} ({above:,} absent above, "
+                f"{len(rows) - above:,} present below)"
             )
         direction = "lowest first" if self.lowest_first else "highest first"
         return (

@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from evaluation.metrics import best_f1_threshold
 from gui.model import RankingModel
@@ -28,6 +32,7 @@ from gui.threshold import (
     summarise,
 )
 from tests.test_gui_model import hand_made
+from vocdata.files import PROJECT_ROOT
 
 # hand_made(): class 'cat', rows 0..6
 #   scores  0.30 0.80 0.95 0.80 0.10 0.60 0.55
@@ -138,8 +143,7 @@ def test_disagreement_view_in_the_ranking_model():
     assert [(i.rank, i.row, i.label) for i in model.page_items()] == [(4, 5, -1), (5, 6, 1)]
     assert model.marker_row() == 6 and model.num_pages == 1
     assert model.status_line() == (
-        "class: cat — disagreements 1–2 of 2 at threshold 0.580 "
-        "(1 labelled absent above, 1 labelled present below)"
+        "class: cat — disagreements 1–2 of 2 at t = 0.580 (1 absent above, 1 present below)"
     )
     model.go_to_rank(5)
     with pytest.raises(ValueError, match="not among the disagreements"):
@@ -231,3 +235,58 @@ def test_model_item_lookup_matches_the_page():
     model = RankingModel(hand_made().predictions, page_size=3)
     assert model.page_items() == [model.item(r) for r in (2, 1, 3)]
     assert [model.rank_of(r) for r in range(7)] == [6, 2, 1, 3, 7, 4, 5]
+
+
+def test_the_browser_starts_without_torch():
+    """Activation maps load torch and the model on first use only: start-up stays fast."""
+    code = (
+        "import sys, main_gui, gui.launch, gui.app, gui.cam, gui.detail; "
+        "print(sorted(m for m in ('torch', 'cv2', 'pytorch_grad_cam') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_activation_maps_for_both_backbones_without_a_screen(tmp_path):
+    """The registry's layer and offset work for each backbone (random weights: only the
+    contract is checked here; where the map lies is checked in the window test)."""
+    pytest.importorskip("pytorch_grad_cam")
+    from gui.cam import CamProvider, GradCamMapper, align, overlay
+    from training.model import build_classifier
+
+    (tmp_path / "JPEGImages").mkdir()
+    Image.new("RGB", (80, 64), (200, 30, 30)).save(tmp_path / "JPEGImages" / "a.jpg")
+    for arch in ("resnet18", "efficientnet_lite0"):
+        mapper = GradCamMapper(build_classifier(arch, 20, weights="none"), arch, 64)
+        provider = CamProvider(Path("unused.pt"), tmp_path, mapper_factory=lambda _p, m=mapper: m)
+        heatmap = provider.compute("JPEGImages/a.jpg", 3)
+        assert heatmap.shape == (64, 80) and heatmap.dtype == np.float32
+        assert heatmap.min() >= 0 and heatmap.max() <= 1
+        assert provider.get("JPEGImages/a.jpg", 3) is heatmap  # cached per image and class
+        assert provider.get("JPEGImages/a.jpg", 4) is None
+        picture = Image.new("RGB", (40, 32))
+        assert overlay(picture, heatmap).size == (40, 32)
+    ramp = np.tile(np.arange(10, dtype=np.float32), (3, 1))
+    assert align(ramp, -2.0)[1].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 9, 9]  # moved left
+    assert align(ramp, 1.0)[1].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]  # moved right
+
+
+def test_no_model_file_means_no_activation_maps(tmp_path):
+    from gui.cam import CamProvider, model_file_for
+
+    path, reason = model_file_for(tmp_path / "val_predictions.npz")
+    assert path is None and "model_best.pt" in reason
+    provider = CamProvider(path, tmp_path, reason=reason)
+    assert not provider.available and provider.reason == reason
+    with pytest.raises(RuntimeError, match=r"model_best\.pt"):
+        provider.compute("JPEGImages/a.jpg", 0)
+    provider.shutdown()
+    (tmp_path / "model_best.pt").write_bytes(b"")
+    assert model_file_for(tmp_path / "val_predictions.npz")[0] == tmp_path / "model_best.pt"

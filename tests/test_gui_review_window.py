@@ -241,8 +241,7 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
             app.window["-STATUS-"]
             .get()
             .startswith(
-                f"class: dog — disagreements 1–{len(expected)} of {len(expected)} "
-                "at threshold 0.500"
+                f"class: dog — disagreements 1–{len(expected)} of {len(expected)} at t = 0.500"
             )
         )
         first = app.displayed[0].file
