@@ -45,11 +45,11 @@ KEYS = {
     "<Control-e>": "-EXPORT-",
     "<Control-Return>": "-OPEN-",
 }
-SHORT_MARKS = {"label": "⚑ label wrong?", "model": "⚑ model wrong"}
+SHORT_MARKS = {"label": "⚑ label?", "model": "⚑ model"}  # captions are 20 characters wide
 LEGEND = (
     "click an image (or Ctrl+Enter) for all 20 scores, its activation map and marks\n"
-    "border: green = contains, orange = difficult, red = absent; blue bar: the first image "
-    "below the threshold\n"
+    "border: green = contains, orange = difficult, red = absent; blue bar and ▼t: the first "
+    "image below the threshold t; ⚑ label? / ⚑ model: your marks\n"
     "keys: ←/→ PgUp/PgDn Home/End pages · Ctrl+↑/↓ threshold ±0.05 · Ctrl+B best-F1 threshold "
     "· Ctrl+T type a threshold\n"
     "Ctrl+D disagreements only · Ctrl+E export CSV · in the large view: C activation map, "
@@ -222,11 +222,11 @@ class BrowserApp:
         self.window[("-CAPTION-", slot)].update(self.caption(item, below))
 
     def caption(self, item: RankedImage, below: bool = False) -> str:
-        """'#rank  score' (and 'below t' at the threshold marker), then truth and mark."""
+        """'#rank  score' (and '▼t' at the threshold marker), then truth and mark."""
         mark = self.marks.get(self.model.class_name, item.file) if self.marks else None
         return (
             f"#{item.rank:,}  {format_score(item.score)}"
-            + ("  ▼ below t" if below else "")
+            + (" ▼t" if below else "")
             + f"\n{TRUTH_WORDS[item.label]}"
             + (f"  {SHORT_MARKS[mark]}" if mark else "")
         )

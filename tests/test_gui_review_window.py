@@ -7,9 +7,12 @@ Screenshots go to artifacts/gui/ (git-ignored) for people to look at.
 from __future__ import annotations
 
 import csv
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
+import PySimpleGUI as sg
 import pytest
 from PIL import Image
 
@@ -215,7 +218,7 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
         app.window["-THRESHOLD-"].update("0.6")
         app.send("-SET-T-")
         below = int(np.sum(scores > 0.6))  # slot of the first image below the threshold
-        marked = [slot for slot in range(len(app.displayed)) if "below t" in caption_of(app, slot)]
+        marked = [slot for slot in range(len(app.displayed)) if "▼t" in caption_of(app, slot)]
         assert marked == ([below] if below < len(app.displayed) else [])
         assert (
             app.window["-THRESHOLD-LINE-"]
@@ -231,7 +234,8 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
 
         app.window["-THRESHOLD-"].update("0.5")
         app.send("-SET-T-")
-        app.send("-REVIEW-KEY-")  # Ctrl+D
+        press_key(app, "ctrl+d")  # a real key press, through the window's bindings
+        assert app.model.disagreements_only
         targets, mask = targets_and_mask(predictions.labels, "ignore")
         expected = disagreement_rows(scores, targets[:, column], mask[:, column] > 0, 0.5)
         assert len(expected) > 0, "the fixture should give some disagreements"
@@ -258,7 +262,7 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
             view.close()
         for index, item in enumerate(app.displayed):
             app._draw_slot(index, item)
-        assert "label wrong?" in caption_of(app, 0)
+        assert "⚑ label?" in caption_of(app, 0)
         screenshot("07-disagreements.png")
 
         app.send("-EXPORT-")  # Ctrl+E
@@ -285,3 +289,19 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
 
 def caption_of(app, slot: int) -> str:
     return app.window[("-CAPTION-", slot)].get()
+
+
+def press_key(app, key: str) -> None:
+    """Press `key` in the browser window with xdotool and handle what it causes."""
+    before = app._view_state()
+    subprocess.run(
+        ["xdotool", "search", "--name", "VOC ranking browser", "windowfocus", "--sync", "key", key],
+        check=True,
+        timeout=30,
+    )
+    deadline = time.monotonic() + 10
+    while app._view_state() == before and time.monotonic() < deadline:
+        event, values = app.window.read(timeout=30)
+        if event != sg.TIMEOUT_EVENT:
+            app.handle(event, values)
+    app.pump()
