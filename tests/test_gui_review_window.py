@@ -208,7 +208,15 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
     predictions_file = tmp_path / "run" / "val_predictions.npz"
     app = open_app(predictions_file, "--voc-root", str(tiny_voc.root))
     try:
-        column = VOC_CLASSES.index("dog")
+        targets, mask = targets_and_mask(predictions.labels, "ignore")
+
+        def disagreements(c: int) -> np.ndarray:
+            return disagreement_rows(predictions.scores[:, c], targets[:, c], mask[:, c] > 0, 0.5)
+
+        # the class with the most disagreements in the generated scores (several, so marks and
+        # stepping through the view are exercised)
+        column = max(range(len(VOC_CLASSES)), key=lambda c: len(disagreements(c)))
+        name = VOC_CLASSES[column]
         label = app.model.class_labels()[column]
         app.window["-CLASS-"].update(value=label)
         app.send("-CLASS-", label)
@@ -236,16 +244,15 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
         app.send("-SET-T-")
         press_key(app, "ctrl+d")  # a real key press, through the window's bindings
         assert app.model.disagreements_only
-        targets, mask = targets_and_mask(predictions.labels, "ignore")
-        expected = disagreement_rows(scores, targets[:, column], mask[:, column] > 0, 0.5)
-        assert len(expected) > 0, "the fixture should give some disagreements"
+        expected = disagreements(column)
+        assert len(expected) > 1, "the fixture should give several disagreements"
         assert shown(app) == [predictions.files[r] for r in expected][: app.model.page_size]
         assert app.window["-REVIEW-"].get() is True
         assert (
             app.window["-STATUS-"]
             .get()
             .startswith(
-                f"class: dog — disagreements 1–{len(expected)} of {len(expected)} at t = 0.500"
+                f"class: {name} — disagreements 1–{len(expected)} of {len(expected)} at t = 0.500"
             )
         )
         first = app.displayed[0].file
@@ -263,15 +270,16 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
         for index, item in enumerate(app.displayed):
             app._draw_slot(index, item)
         assert "⚑ label?" in caption_of(app, 0)
+        app.window.refresh()
         screenshot("07-disagreements.png")
 
         app.send("-EXPORT-")  # Ctrl+E
-        exported = tmp_path / "run" / "exports" / "dog-disagreements-t0.500.csv"
+        exported = tmp_path / "run" / "exports" / f"{name}-disagreements-t0.500.csv"
         assert exported.is_file() and "exported" in app.window["-MESSAGE-"].get()
         with exported.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         assert [r["file"] for r in rows] == [predictions.files[r] for r in expected]
-        assert rows[0]["mark"] == "label looks wrong" and rows[0]["class"] == "dog"
+        assert rows[0]["mark"] == "label looks wrong" and rows[0]["class"] == name
         assert float(rows[0]["score"]) == pytest.approx(float(scores[expected[0]]), abs=1e-5)
         if len(expected) > 1:
             assert rows[1]["mark"] == "model wrong"
@@ -280,9 +288,9 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
 
     # Marks survive a restart: a new window reads them from beside the predictions file.
     assert marks_path(predictions_file).is_file()
-    again = open_app(predictions_file, "--voc-root", str(tiny_voc.root), "--class", "dog")
+    again = open_app(predictions_file, "--voc-root", str(tiny_voc.root), "--class", name)
     try:
-        assert again.marks.get("dog", first) == "label"
+        assert again.marks.get(name, first) == "label"
     finally:
         again.close()
 
