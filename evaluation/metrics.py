@@ -184,3 +184,45 @@ def threshold_metrics(
         accuracy = np.where(counted > 0, correct / counted, np.nan)
         all_negative = np.where(counted > 0, (counted - positives) / counted, np.nan)
     return ThresholdMetrics(accuracy, all_negative, precision, recall, f1, positives, counted)
+
+
+@dataclass(frozen=True)
+class BestF1:
+    """The threshold with the highest F1 for one class, and what it gives."""
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+
+
+def best_f1_threshold(scores: np.ndarray, positives: np.ndarray) -> BestF1 | None:
+    """The threshold t (decision `score > t`) with the highest F1 on these images.
+
+    Only the cuts between distinct scores matter: t is put halfway between the lowest score
+    kept and the next lower one (half the lowest score when every image is kept), so it reads
+    as a round cut, not as one image's score. Ties in F1 go to the highest threshold (fewest
+    images called positive). None when there is no positive (F1 is 0 at every cut).
+    """
+    scores, positives = _as_ranking_inputs(scores, positives)
+    if not positives.any():
+        return None
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], np.cumsum(positives[order])
+    # Each cut keeps every image down to the end of a group of equal scores; a score of 0
+    # can never be above a threshold in [0, 1], so no cut keeps it.
+    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True) & (ranked > 0))
+    if ends.size == 0:
+        return None
+    kept, kept_positives = ends + 1, hits[ends]
+    f1 = 2 * kept_positives / (kept + positives.sum())
+    best = int(np.argmax(f1))  # first maximum: the highest threshold
+    end = ends[best]
+    lower = ranked[end + 1] if end + 1 < len(ranked) else 0.0
+    threshold = float((ranked[end] + lower) / 2)
+    return BestF1(
+        threshold,
+        float(f1[best]),
+        float(kept_positives[best] / kept[best]),
+        float(kept_positives[best] / positives.sum()),
+    )

@@ -12,10 +12,14 @@ import PySimpleGUI as sg
 from PIL import Image, ImageColor
 
 from evaluation.ranking import TRUTH_WORDS, format_score
+from gui.cam import CamProvider
+from gui.detail import DetailView
 from gui.model import RankedImage, RankingModel
+from gui.review import MarkStore, write_csv
+from gui.threshold import parse_threshold, step_threshold
 from gui.thumbnails import (
     ThumbnailCache,
-    decode_thumbnail,
+    mark_threshold,
     page_image,
     tile,
     to_ppm,
@@ -33,8 +37,24 @@ KEYS = {
     "<Next>": "-NEXT-",
     "<Home>": "-FIRST-",
     "<End>": "-LAST-",
+    "<Control-b>": "-BEST-F1-",
+    "<Control-Up>": "-T-UP-",
+    "<Control-Down>": "-T-DOWN-",
+    "<Control-t>": "-FOCUS-T-",
+    "<Control-d>": "-REVIEW-KEY-",
+    "<Control-e>": "-EXPORT-",
+    "<Control-Return>": "-OPEN-",
 }
-DETAIL_SIZE = (640, 480)
+SHORT_MARKS = {"label": "⚑ label?", "model": "⚑ model"}  # captions are 20 characters wide
+LEGEND = (
+    "click an image (or Ctrl+Enter) for all 20 scores, its activation map and marks\n"
+    "{border}; blue bar and ▼t: the first "
+    "image below the threshold t; ⚑ label? / ⚑ model: your marks\n"
+    "keys: ←/→ PgUp/PgDn Home/End pages · Ctrl+↑/↓ threshold ±0.05 · Ctrl+B best-F1 threshold "
+    "· Ctrl+T type a threshold\n"
+    "Ctrl+D disagreements only · Ctrl+E export CSV · in the large view: C activation map, "
+    "L / M mark, ←/→ step, Esc close"
+)
 THEME = "LightGrey1"
 
 
@@ -56,11 +76,20 @@ class BrowserApp:
         title: str = "VOC ranking browser",
         screens_dir: Path | None = None,
         started: float | None = None,
+        cam: CamProvider | None = None,
+        marks: MarkStore | None = None,
+        marks_problem: str = "",
+        exports_dir: Path | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
         self.columns = columns
         self.screens_dir = screens_dir or Path("screens")
+        self.exports_dir = exports_dir or self.screens_dir.parent / "exports"
+        self.cam = cam or CamProvider(None, cache.voc_root, reason="no model file was given")
+        self.marks = marks
+        self.marks_problem = marks_problem
+        self._marker_row: int | None = None
         self.displayed: list[RankedImage] = []
         self.timings: list[PageTiming] = []
         self._waiting: set[str] = set()
@@ -77,7 +106,10 @@ class BrowserApp:
         for key, event in KEYS.items():
             self.window.bind(key, event)
         self.window["-RANK-"].bind("<Return>", "-GO-")
+        self.window["-THRESHOLD-"].bind("<Return>", "-SET-T-")
         self.show_page("start")
+        if marks_problem:
+            self.window["-MESSAGE-"].update(marks_problem)
 
     # -- layout ------------------------------------------------------------------------------
     def _layout(self) -> list[list[sg.Element]]:
@@ -132,23 +164,47 @@ class BrowserApp:
             sg.Button("Go", key="-GO-"),
             sg.Button("Save page as PNG", key="-SAVE-"),
         ]
+        no_labels = "" if self.model.has_labels else "this predictions file has no labels"
+        threshold_controls = [
+            sg.Text("threshold"),
+            sg.Input(f"{self.model.threshold:g}", key="-THRESHOLD-", size=(7, 1)),
+            sg.Button("Set", key="-SET-T-"),
+            sg.Button(
+                "best F1",
+                key="-BEST-F1-",
+                disabled=bool(no_labels),
+                tooltip=no_labels or "the threshold with the best F1 on this class (Ctrl+B)",
+            ),
+            sg.Checkbox(
+                "disagreements only",
+                key="-REVIEW-",
+                enable_events=True,
+                disabled=bool(no_labels),
+                tooltip=no_labels
+                or "labelled absent above the threshold (highest first), then labelled "
+                "present below it (lowest first) (Ctrl+D)",
+            ),
+            sg.Button("Export CSV", key="-EXPORT-", tooltip="the whole current view (Ctrl+E)"),
+        ]
         navigation = [
             sg.Button("Top", key="-FIRST-"),
             sg.Button("◀ Previous", key="-PREV-"),
             sg.Button("Next ▶", key="-NEXT-"),
             sg.Button("Bottom", key="-LAST-"),
-            sg.Text(
-                f"   {self.model.border_legend()}   "
-                "keys: ←/→ PgUp/PgDn Home/End   click an image for all 20 scores",
-                font=("Helvetica", 9),
-            ),
         ]
         return [
             controls,
+            threshold_controls,
             [sg.Text("", key="-STATUS-", font=("Helvetica", 12, "bold"), size=(90, 1))],
             [sg.Text("", key="-PRECISION-", size=(110, 1))],
+            [sg.Text("", key="-THRESHOLD-LINE-", size=(110, 1))],
             *grid,
             navigation,
+            [sg.Text(
+                    LEGEND.format(border=self.model.border_legend()),
+                    font=("Helvetica", 9),
+                    key="-LEGEND-",
+                )],
             [sg.Text("", key="-MESSAGE-", size=(110, 1), text_color="dark red")],
         ]
 
@@ -162,19 +218,35 @@ class BrowserApp:
             self.window[("-CAPTION-", slot)].update("")
             return
         thumbnail = self.cache.get(item.file)
-        self.window[("-TILE-", slot)].update(data=to_ppm(self._tile(thumbnail, item.label)))
-        self.window[("-CAPTION-", slot)].update(
-            f"#{item.rank:,}  {format_score(item.score)}\n{TRUTH_WORDS[item.label]}"
+        picture = self._tile(thumbnail, item.label)
+        below = item.row == self._marker_row
+        if below:
+            picture = mark_threshold(picture)
+        self.window[("-TILE-", slot)].update(data=to_ppm(picture))
+        self.window[("-CAPTION-", slot)].update(self.caption(item, below))
+
+    def caption(self, item: RankedImage, below: bool = False) -> str:
+        """'#rank  score' (and '▼t' at the threshold marker), then truth and mark."""
+        mark = self.marks.get(self.model.class_name, item.file) if self.marks else None
+        return (
+            f"#{item.rank:,}  {format_score(item.score)}"
+            + (" ▼t" if below else "")
+            + f"\n{TRUTH_WORDS[item.label]}"
+            + (f"  {SHORT_MARKS[mark]}" if mark else "")
         )
 
     def show_page(self, event: str) -> None:
         """Draw the model's current page; missing thumbnails arrive via THUMB_READY events."""
         self._page_started, self._page_event = time.perf_counter(), event
         self.displayed = self.model.page_items()
+        self._marker_row = self.model.marker_row()
         for slot in range(self.model.page_size):
             self._draw_slot(slot, self.displayed[slot] if slot < len(self.displayed) else None)
         self.window["-STATUS-"].update(self.model.status_line())
         self.window["-PRECISION-"].update(self.model.precision_line())
+        self.window["-THRESHOLD-LINE-"].update(self.model.threshold_line())
+        self.window["-THRESHOLD-"].update(format_score(self.model.threshold))
+        self.window["-REVIEW-"].update(value=self.model.disagreements_only)
         self.window["-CLASS-"].update(value=self.model.class_labels()[self.model.class_index])
         self.window["-LOWEST-" if self.model.lowest_first else "-HIGHEST-"].update(value=True)
         needed = [item.file for item in self.displayed if self.cache.get(item.file) is None]
@@ -226,7 +298,7 @@ class BrowserApp:
         if event == THUMB_READY:
             self._on_thumbnail(values[THUMB_READY])
             return True
-        page_before = (model.class_index, model.lowest_first, model.page)
+        page_before = self._view_state()
         if event == "-CLASS-":
             model.set_class(model.class_labels().index(values["-CLASS-"]))
         elif event in ("-HIGHEST-", "-LOWEST-"):
@@ -244,12 +316,65 @@ class BrowserApp:
         elif event == "-SAVE-":
             self.save_page()
             return True
+        elif event == "-SET-T-":
+            self._set_threshold(values.get("-THRESHOLD-", ""))
+        elif event in ("-T-UP-", "-T-DOWN-"):
+            model.set_threshold(step_threshold(model.threshold, 1 if event == "-T-UP-" else -1))
+        elif event == "-BEST-F1-" and model.has_labels:
+            if model.set_best_threshold() is None:
+                self.window["-MESSAGE-"].update(
+                    f"'{model.class_name}' has no counted positive: no F1 to maximise"
+                )
+        elif event == "-FOCUS-T-":
+            self.window["-THRESHOLD-"].set_focus()
+            return True
+        elif event in ("-REVIEW-", "-REVIEW-KEY-") and model.has_labels:
+            on = bool(values["-REVIEW-"]) if event == "-REVIEW-" else not model.disagreements_only
+            model.set_disagreements_only(on)
+        elif event == "-EXPORT-":
+            self.export_view()
+            return True
+        elif event == "-OPEN-":
+            self.show_detail(0)
+            return True
         elif isinstance(event, tuple) and event[0] == "-TILE-":
             self.show_detail(event[1])
             return True
-        if (model.class_index, model.lowest_first, model.page) != page_before:
+        if self._view_state() != page_before:
             self.show_page(event if isinstance(event, str) else str(event))
         return True
+
+    def _view_state(self) -> tuple:
+        model = self.model
+        return (
+            model.class_index,
+            model.lowest_first,
+            model.page,
+            model.threshold,
+            model.disagreements_only,
+        )
+
+    def _set_threshold(self, text: str) -> None:
+        try:
+            self.model.set_threshold(parse_threshold(text))
+        except ValueError as error:
+            self.window["-MESSAGE-"].update(str(error))
+
+    def export_path(self) -> Path:
+        model = self.model
+        if model.disagreements_only:
+            view = f"disagreements-t{model.threshold:.3f}"
+        else:
+            view = "lowest-first" if model.lowest_first else "highest-first"
+        return self.exports_dir / f"{model.class_name}-{view}.csv"
+
+    def export_view(self) -> Path:
+        """Write the whole current view as CSV (class, rank, file, score, label, mark)."""
+        marks = self.marks
+        rows = self.model.export_rows(lambda c, f: marks.words(c, f) if marks is not None else "")
+        path = write_csv(self.export_path(), rows)
+        self.window["-MESSAGE-"].update(f"exported {len(rows):,} rows to {project_relative(path)}")
+        return path
 
     def _go_to_rank(self, text: str) -> None:
         try:
@@ -287,49 +412,24 @@ class BrowserApp:
         self.window["-MESSAGE-"].update(f"saved {project_relative(path)}")
         return path
 
+    def detail_view(self, slot: int) -> DetailView:
+        """The large view of the image in `slot`: all scores, its activation map, marks; it
+        steps on through the whole current view."""
+        position = self.model.page * self.model.page_size + slot
+        return DetailView(
+            self.model, self.cache.voc_root, position, self.cam, self.marks, self.marks_problem
+        )
+
     def detail_window(self, slot: int) -> sg.Window:
-        """A window with the image large and all class scores with the true labels."""
-        item = self.displayed[slot]
-        picture, reason = decode_thumbnail(self.cache.voc_root / item.file, DETAIL_SIZE)
-        rows = [
-            [name, format_score(score), TRUTH_WORDS[label]]
-            for name, score, label in self.model.detail_rows(item.row)
-        ]
-        highlight = [(r, "yellow") for r, row in enumerate(rows) if row[0] == self.model.class_name]
-        layout = [
-            [
-                sg.Text(
-                    f"{item.file}   (rank {item.rank:,} for '{self.model.class_name}')"
-                    + (f" — {reason}" if reason else ""),
-                    font=("Helvetica", 11, "bold"),
-                )
-            ],
-            [
-                sg.Image(data=to_ppm(picture), key="-BIG-"),
-                sg.Table(
-                    rows,
-                    headings=["class", "score", "truth"],
-                    key="-SCORES-",
-                    num_rows=len(rows),
-                    auto_size_columns=False,
-                    col_widths=[12, 8, 9],
-                    row_colors=highlight,
-                    justification="left",
-                ),
-            ],
-            [sg.Button("Close")],
-        ]
-        return sg.Window(f"{item.file}", layout, finalize=True, modal=True, keep_on_top=True)
+        """The detail view's window (kept for scripts that only read what it shows)."""
+        return self.detail_view(slot).window
 
     def show_detail(self, slot: int) -> None:
         if slot >= len(self.displayed):
             return
-        window = self.detail_window(slot)
-        while True:
-            event, _ = window.read()
-            if event in (sg.WIN_CLOSED, "Close"):
-                break
-        window.close()
+        self.detail_view(slot).run()
+        for index, item in enumerate(self.displayed):  # marks may have changed
+            self._draw_slot(index, item)
 
     def pump(self, timeout: float = 20.0) -> None:
         """Handle events until the current page is fully drawn and the queue is quiet (for
@@ -362,4 +462,5 @@ class BrowserApp:
     def close(self) -> None:
         self._closed = True
         self.cache.shutdown()
+        self.cam.shutdown()
         self.window.close()

@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from gui.cam import CamProvider, model_file_for
 from gui.model import RankingModel
+from gui.review import MarksFileError, MarkStore, marks_path
 from gui.thumbnails import ThumbnailCache
 from predictions import (
     Predictions,
@@ -127,6 +129,13 @@ def launch(args: argparse.Namespace, started: float):
         model.set_class(first_class_with_positives(model))
     size = (args.thumb_size, round(args.thumb_size * 0.75))
     cache = ThumbnailCache(voc_root, size=size)
+    model_file, no_model_reason = model_file_for(path)
+    cam = CamProvider(model_file, voc_root, reason=no_model_reason)
+    marks, marks_problem = None, ""
+    try:
+        marks = MarkStore(marks_path(path))
+    except MarksFileError as error:  # marks are not saved this session; the message says why
+        marks_problem = f"{error} Marks are off until then."
     from gui.app import BrowserApp
 
     app = BrowserApp(
@@ -136,5 +145,9 @@ def launch(args: argparse.Namespace, started: float):
         title=f"VOC ranking browser — {path}",
         screens_dir=path.parent / "screens",
         started=started,
+        cam=cam,
+        marks=marks,
+        marks_problem=marks_problem,
+        exports_dir=path.parent / "exports",
     )
     return app

@@ -1,7 +1,9 @@
 """What the browser shows, as plain state: the class, the direction, the page; no GUI here.
 
 Ranks are fixed per class: rank 1 is the highest score, rank N the lowest (ties keep file
-order). The lowest-first view walks the same ranks from N downwards.
+order). The lowest-first view walks the same ranks from N downwards; the disagreement view
+(`gui.review`) shows only the images whose label and prediction at the threshold disagree,
+each still with its rank.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import numpy as np
 
 from evaluation.metrics import UndefinedAPWarning, per_class_average_precision
 from evaluation.ranking import format_score, ranking_order
-from evaluation.tailacc import tail_accuracy
+from evaluation.tailacc import DECISION_THRESHOLD, tail_accuracy
+from gui.review import ExportRow, disagreement_rows
+from gui.threshold import (
+    DEFAULT_THRESHOLD,
+    TAILACC_UNDEFINED_SHORT,
+    ThresholdSummary,
+    best_threshold,
+    first_rank_below,
+    summarise,
+)
 from predictions import Predictions
 from vocdata.splits import DifficultMode, targets_and_mask
 
@@ -56,9 +67,13 @@ class RankingModel:
                     predictions.scores, predictions.labels, predictions.class_names, self.difficult
                 )
         self._orders: dict[int, np.ndarray] = {}
+        self._ranks: dict[int, np.ndarray] = {}
+        self._disagreements: dict[tuple[int, float], np.ndarray] = {}
         self.class_index = 0
         self.lowest_first = False
         self.page = 0
+        self.threshold = DEFAULT_THRESHOLD
+        self.disagreements_only = False
 
     # -- state changes -----------------------------------------------------------------------
     @property
@@ -66,8 +81,8 @@ class RankingModel:
         return self.predictions.num_images
 
     @property
-    def has_labels(self) -> bool:
-        return self.predictions.labels is not None
+    def num_in_view(self) -> int:
+        return len(self.view_rows())
 
     def border_legend(self) -> str:
         if not self.has_labels:
@@ -76,7 +91,40 @@ class RankingModel:
 
     @property
     def num_pages(self) -> int:
-        return max(1, math.ceil(self.num_images / self.page_size))
+        return max(1, math.ceil(self.num_in_view / self.page_size))
+
+    @property
+    def has_labels(self) -> bool:
+        return self.predictions.labels is not None
+
+    def set_threshold(self, threshold: float) -> None:
+        """Move the decision threshold; the disagreement view changes with it (back to its
+        first page), the ranking view stays where it is."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be from 0 to 1, got {threshold:g}")
+        self.threshold = float(threshold)
+        if self.disagreements_only:
+            self.page = 0
+
+    def set_best_threshold(self) -> float | None:
+        """The threshold with the best F1 on the current class (None: no positive, kept)."""
+        if not self.has_labels:
+            return None
+        counted = self.mask[:, self.class_index] > 0
+        best = best_threshold(
+            self.predictions.scores[counted, self.class_index],
+            self.targets[counted, self.class_index],
+        )
+        if best is not None:
+            self.set_threshold(best)
+        return best
+
+    def set_disagreements_only(self, on: bool) -> None:
+        """Switch between the whole ranking and the disagreement view (needs labels)."""
+        if on and not self.has_labels:
+            raise ValueError("this predictions file has no labels: nothing can disagree")
+        self.disagreements_only = on
+        self.page = 0
 
     def set_class(self, class_index: int) -> None:
         """Show another class, from the first page of the current direction."""
@@ -106,9 +154,16 @@ class RankingModel:
         self.set_page(self.num_pages - 1)
 
     def go_to_rank(self, rank: int) -> None:
-        """Show the page (of the current direction) that holds `rank` (1 = highest score)."""
+        """Show the page (of the current view) that holds `rank` (1 = highest score)."""
         if not 1 <= rank <= self.num_images:
             raise ValueError(f"rank must be between 1 and {self.num_images:,}, got {rank}")
+        if self.disagreements_only:
+            row = int(self.order()[rank - 1])
+            found = np.flatnonzero(self.view_rows() == row)
+            if found.size == 0:
+                raise ValueError(f"rank {rank:,} is not among the disagreements at this threshold")
+            self.set_page(int(found[0]) // self.page_size)
+            return
         position = self.num_images - rank if self.lowest_first else rank - 1
         self.set_page(position // self.page_size)
 
@@ -125,20 +180,47 @@ class RankingModel:
             )
         return self._orders[self.class_index]
 
+    def rank_of(self, row: int) -> int:
+        """Rank of a predictions row in the current class's ranking."""
+        if self.class_index not in self._ranks:
+            ranks = np.empty(self.num_images, dtype=np.int64)
+            ranks[self.order()] = np.arange(1, self.num_images + 1)
+            self._ranks[self.class_index] = ranks
+        return int(self._ranks[self.class_index][row])
+
+    def view_rows(self) -> np.ndarray:
+        """Rows in display order: the ranking (either direction) or the disagreements."""
+        if not self.disagreements_only:
+            return self.order()[::-1] if self.lowest_first else self.order()
+        key = (self.class_index, self.threshold)
+        if key not in self._disagreements:
+            column = self.class_index
+            self._disagreements[key] = disagreement_rows(
+                self.predictions.scores[:, column],
+                self.targets[:, column],
+                self.mask[:, column] > 0,
+                self.threshold,
+            )
+        return self._disagreements[key]
+
     def front_files(self) -> list[str]:
         """The files of the first page of every class, both directions: what a class switch
         or a jump to the bottom will show first."""
-        saved = self.class_index, self.lowest_first, self.page
+        saved = self.class_index, self.lowest_first, self.page, self.disagreements_only
+        self.disagreements_only = False
         files = []
         for class_index in range(self.predictions.num_classes):
             for lowest_first in (False, True):
                 self.class_index, self.lowest_first = class_index, lowest_first
                 files += [item.file for item in self.page_items(0)]
-        self.class_index, self.lowest_first, self.page = saved
+        self.class_index, self.lowest_first, self.page, self.disagreements_only = saved
         return files
 
     def ranks_on_page(self, page: int | None = None) -> list[int]:
         page = self.page if page is None else page
+        if self.disagreements_only:
+            rows = self.view_rows()[page * self.page_size : (page + 1) * self.page_size]
+            return [self.rank_of(int(row)) for row in rows]
         positions = range(page * self.page_size, min((page + 1) * self.page_size, self.num_images))
         if self.lowest_first:
             return [self.num_images - p for p in positions]
@@ -146,24 +228,90 @@ class RankingModel:
 
     def page_items(self, page: int | None = None) -> list[RankedImage]:
         """The images of a page (default: the current one), in display order."""
-        order, column, labels = self.order(), self.class_index, self.predictions.labels
-        items = []
-        for rank in self.ranks_on_page(page):
-            row = int(order[rank - 1])
-            items.append(
-                RankedImage(
-                    rank,
-                    row,
-                    self.predictions.files[row],
-                    float(self.predictions.scores[row, column]),
-                    None if labels is None else int(labels[row, column]),
-                )
+        page = self.page if page is None else page
+        rows = self.view_rows()[page * self.page_size : (page + 1) * self.page_size]
+        return [self.item(int(row)) for row in rows]
+
+    def item(self, row: int) -> RankedImage:
+        """One predictions row as shown for the current class."""
+        column = self.class_index
+        return RankedImage(
+            self.rank_of(row),
+            row,
+            self.predictions.files[row],
+            float(self.predictions.scores[row, column]),
+            None if self.predictions.labels is None else int(self.predictions.labels[row, column]),
+        )
+
+    def view_items(self) -> list[RankedImage]:
+        """Every image of the current view, in display order (what Export writes)."""
+        return [self.item(int(row)) for row in self.view_rows()]
+
+    def export_rows(self, mark_words) -> list[ExportRow]:
+        """The current view as CSV rows; `mark_words(class_name, file)` gives each mark."""
+        return [
+            ExportRow(
+                self.class_name,
+                item.rank,
+                item.file,
+                item.score,
+                item.label if self.has_labels else None,
+                mark_words(self.class_name, item.file),
             )
-        return items
+            for item in self.view_items()
+        ]
+
+    def marker_row(self) -> int | None:
+        """The row marked as 'the first image below the threshold': in the ranking the
+        image just under the cut (either direction); in the disagreement view the first
+        labelled-present image below it. None when there is no such image."""
+        column = self.class_index
+        if self.disagreements_only:
+            rows = self.view_rows()
+            below = np.flatnonzero(self.predictions.scores[rows, column] <= self.threshold)
+            return int(rows[below[0]]) if below.size else None
+        order = self.order()
+        rank = first_rank_below(self.predictions.scores[order, column], self.threshold)
+        return None if rank is None else int(order[rank - 1])
+
+    def threshold_summary(self) -> ThresholdSummary | None:
+        """P/R/F1 and Tailacc at the threshold for the current class (None without labels)."""
+        if not self.has_labels:
+            return None
+        counted = self.mask[:, self.class_index] > 0
+        return summarise(
+            self.predictions.scores[counted, self.class_index],
+            self.targets[counted, self.class_index],
+            self.threshold,
+        )
+
+    def threshold_line(self) -> str:
+        summary = self.threshold_summary()
+        if summary is None:
+            above = int(
+                np.count_nonzero(self.predictions.scores[:, self.class_index] > self.threshold)
+            )
+            return f"threshold {format_score(self.threshold)}: {above:,} above (no labels)"
+        return summary.line()
 
     def status_line(self) -> str:
         """E.g. 'class: dog — ranks 21–40 of 1,729 (highest first)'."""
         ranks = self.ranks_on_page()
+        if self.disagreements_only:
+            rows = self.view_rows()
+            above = int(
+                np.count_nonzero(self.predictions.scores[rows, self.class_index] > self.threshold)
+            )
+            shown = (
+                f"{self.page * self.page_size + 1:,}–{self.page * self.page_size + len(ranks):,}"
+                if ranks
+                else "none"
+            )
+            return (
+                f"class: {self.class_name} — disagreements {shown} of {len(rows):,} at "
+                f"t = {format_score(self.threshold)} ({above:,} absent above, "
+                f"{len(rows) - above:,} present below)"
+            )
         direction = "lowest first" if self.lowest_first else "highest first"
         return (
             f"class: {self.class_name} — ranks {ranks[0]:,}–{ranks[-1]:,} of "
@@ -196,17 +344,20 @@ class RankingModel:
         if not self.has_labels:
             return "no labels in this file: ranking only (precision, Tailacc and AP need labels)"
         ranks = self.ranks_on_page()
+        if self.disagreements_only:
+            ranks = [max(ranks)] if ranks else [self.num_images]
         k = ranks[-1]
         score = float(self.predictions.scores[self.order()[k - 1], self.class_index])
 
         def fmt(value: float) -> str:
             return "n/a" if math.isnan(value) else f"{value:.3f}"
 
-        parts = [
-            f"precision of the top {k:,}: {fmt(self.precision_at(k))}",
-            f"Tailacc at score {format_score(score)}: {fmt(self.tailacc_at(score))}",
-        ]
-        if self.lowest_first:
+        parts = [f"precision of the top {k:,}: {fmt(self.precision_at(k))}"]
+        if score >= DECISION_THRESHOLD:
+            parts.append(f"Tailacc at score {format_score(score)}: {fmt(self.tailacc_at(score))}")
+        else:
+            parts.append(TAILACC_UNDEFINED_SHORT)
+        if self.lowest_first and not self.disagreements_only:
             seen = self.order()[k - 1 :]
             missed = int(self.targets[seen, self.class_index].sum())
             parts.insert(0, f"lowest {len(seen):,} so far: {missed:,} contain '{self.class_name}'")

@@ -140,6 +140,19 @@ def tile(
     return canvas
 
 
+THRESHOLD_COLOUR = (30, 90, 230)
+
+
+def mark_threshold(picture: Image.Image, width: int = 5) -> Image.Image:
+    """A copy with a blue bar down the left edge and along the top: the threshold cuts the
+    ranking just before this image."""
+    marked = picture.copy()
+    draw = ImageDraw.Draw(marked)
+    draw.rectangle((0, 0, width - 1, marked.height - 1), fill=THRESHOLD_COLOUR)
+    draw.rectangle((0, 0, marked.width - 1, width // 2 - 1), fill=THRESHOLD_COLOUR)
+    return marked
+
+
 def to_ppm(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PPM")

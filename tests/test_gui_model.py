@@ -75,11 +75,14 @@ def test_precision_and_tailacc_against_hand_computation():
     assert model.precision_at(5) == pytest.approx(3 / 4)
     # Tailacc at 0.56: images above it, difficult left out: 0.95(+) 0.80(+) 0.60(-) -> 2/3
     assert model.tailacc_at(0.56) == pytest.approx(2 / 3)
+    # Ranks 1-3: the last one shown is rank 3 (score 0.80); above it only 0.95 (+).
+    assert "Tailacc at score 0.800: 1.000" in model.precision_line()
     model.next_page()  # ranks 4-6: the last one shown is rank 6 (row 0, score 0.30)
     line = model.precision_line()
     assert "precision of the top 6: 0.600" in line  # 3 positives of 5 counted
-    # Tailacc(0.30): above it 0.95 0.80 0.60 0.55 (difficult 0.80 left out): 3 of 4 right
-    assert "Tailacc at score 0.300: 0.750" in line
+    # Tailacc(0.30) would count the correctly rejected images between 0.3 and 0.5 as right
+    # (0.750 here): below 0.5 it is not the assignment's measure, so it is not shown.
+    assert "Tailacc at score" not in line and "Tailacc: n/a below 0.5" in line
     model.set_lowest_first(True)
     assert model.precision_line().startswith("lowest 3 so far: 1 contain 'cat'")
 

@@ -34,6 +34,13 @@ class Backbone:
     head_name: str  # attribute of the ImageNet classifier (an nn.Linear)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # Module (dotted path in the network) whose feature maps the GUI's activation maps use:
+    # the last convolutional stage before global pooling (lite0: conv_head's BN + ReLU6).
+    cam_layer: str = ""
+    # Where that layer's cells really sit relative to a plain resize of its map, in input
+    # pixels: each stride-2 layer moves them half a pixel (back with torchvision's symmetric
+    # padding, forward with TF "SAME" padding), 15.5 px over five of them.
+    cam_offset: float = 0.0
 
 
 def _resnet18() -> nn.Module:
@@ -78,10 +85,24 @@ def _lite0_imagenet() -> dict[str, torch.Tensor]:
 
 BACKBONES: dict[str, Backbone] = {
     "resnet18": Backbone(
-        "resnet18", _resnet18, _resnet18_imagenet, "fc", IMAGENET_MEAN, IMAGENET_STD
+        "resnet18",
+        _resnet18,
+        _resnet18_imagenet,
+        "fc",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "layer4",
+        -15.5,
     ),
     "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", _lite0, _lite0_imagenet, "classifier", LITE0_MEAN, LITE0_STD
+        "efficientnet_lite0",
+        _lite0,
+        _lite0_imagenet,
+        "classifier",
+        LITE0_MEAN,
+        LITE0_STD,
+        "bn2",
+        15.5,
     ),
 }
 

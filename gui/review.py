@@ -1,0 +1,163 @@
+"""Going through the errors: where label and prediction disagree, marks a person leaves on
+them, and the CSV of a view. Pure Python and numpy, no GUI.
+
+The disagreement view of a class at threshold t lists the images labelled absent but scored
+above t, highest first (the likely label mistakes: a living room with an unlabelled sofa),
+then those labelled present but scored at or below t, lowest first (the positives the
+classifier buried). Images whose label is not counted (difficult, under the VOC protocol)
+are in neither group.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vocdata.files import atomic_write
+
+MARK_WORDS = {"label": "label looks wrong", "model": "model wrong"}
+MARKS_FORMAT = "voc-gui-marks/1"
+CSV_COLUMNS = ("class", "rank", "file", "score", "label", "mark")
+LABEL_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
+
+
+def disagreement_rows(
+    scores: np.ndarray, targets: np.ndarray, counted: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Rows of one class where label and prediction disagree, in review order: counted
+    absent above the threshold (highest first), then counted present not above it (lowest
+    first). Ties keep file order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    present = (np.asarray(targets) > 0) & np.asarray(counted, dtype=bool)
+    absent = (np.asarray(targets) <= 0) & np.asarray(counted, dtype=bool)
+    above = scores > threshold
+    false_alarms = np.flatnonzero(absent & above)
+    buried = np.flatnonzero(present & ~above)
+    false_alarms = false_alarms[np.argsort(-scores[false_alarms], kind="stable")]
+    buried = buried[np.argsort(scores[buried], kind="stable")]
+    return np.concatenate([false_alarms, buried]).astype(np.int64)
+
+
+def marks_path(predictions_path: str | os.PathLike[str]) -> Path:
+    """The marks of a predictions file live beside it: `val_predictions.marks.json`."""
+    path = Path(predictions_path)
+    return path.with_name(f"{path.stem}.marks.json")
+
+
+class MarksFileError(ValueError):
+    """The marks file exists but cannot be read; the message names it and the way out."""
+
+
+class MarkStore:
+    """Marks per (class, image), saved as JSON after every change (atomically), so they
+    survive a crash and a restart. A mark is 'label' (label looks wrong) or 'model'."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._marks: dict[str, dict[str, str]] = {}
+        if self.path.is_file():
+            self._marks = self._read()
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        fix = "repair it or move it away (the GUI then starts with no marks)"
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise MarksFileError(
+                f"Cannot read the marks file {self.path} ({error}); {fix}."
+            ) from error
+        marks = data.get("marks") if isinstance(data, dict) else None
+        valid = (
+            isinstance(data, dict)
+            and data.get("format") == MARKS_FORMAT
+            and isinstance(marks, dict)
+            and all(
+                isinstance(by_file, dict) and all(m in MARK_WORDS for m in by_file.values())
+                for by_file in marks.values()
+            )
+        )
+        if not valid:
+            raise MarksFileError(f"{self.path} is not a marks file ({MARKS_FORMAT}); {fix}.")
+        return {
+            str(c): {str(f): str(m) for f, m in by_file.items()} for c, by_file in marks.items()
+        }
+
+    def get(self, class_name: str, file: str) -> str | None:
+        return self._marks.get(class_name, {}).get(file)
+
+    def words(self, class_name: str, file: str) -> str:
+        mark = self.get(class_name, file)
+        return MARK_WORDS[mark] if mark else ""
+
+    def toggle(self, class_name: str, file: str, mark: str) -> str | None:
+        """Set `mark`, or clear it when it is already set; save; return the new mark."""
+        if mark not in MARK_WORDS:
+            raise ValueError(f"mark must be one of {sorted(MARK_WORDS)}, got {mark!r}")
+        by_file = self._marks.setdefault(class_name, {})
+        if by_file.get(file) == mark:
+            del by_file[file]
+            if not by_file:
+                del self._marks[class_name]
+            new = None
+        else:
+            by_file[file] = new = mark
+        self.save()
+        return new
+
+    def count(self) -> int:
+        return sum(len(by_file) for by_file in self._marks.values())
+
+    def save(self) -> None:
+        data = {
+            "format": MARKS_FORMAT,
+            "meaning": MARK_WORDS,
+            "marks": {c: dict(sorted(f.items())) for c, f in sorted(self._marks.items())},
+        }
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    class_name: str
+    rank: int
+    file: str
+    score: float
+    label: int | None  # None: the predictions file has no labels
+    mark: str  # words, or ""
+
+
+def csv_text(rows: Iterable[ExportRow]) -> str:
+    """The rows as CSV with a header; scores with 6 significant digits (float32 precision)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                row.class_name,
+                row.rank,
+                row.file,
+                f"{row.score:.6g}",
+                "" if row.label is None else LABEL_WORDS[row.label],
+                row.mark,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[ExportRow]) -> Path:
+    """Write the rows atomically; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = csv_text(rows)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
