@@ -12,11 +12,11 @@ import time
 import PySimpleGUI as sg
 from PIL import Image
 
-from evaluation.ranking import format_score
+from evaluation.ranking import TRUTH_WORDS, format_score
 from gui.cam import CamKey, CamProvider, overlay
 from gui.model import RankedImage, RankingModel
 from gui.review import MarkStore
-from gui.thumbnails import TRUTH_WORDS, decode_thumbnail, to_ppm
+from gui.thumbnails import decode_thumbnail, to_ppm
 
 CAM_READY = "-CAM-READY-"
 DETAIL_SIZE = (640, 480)
