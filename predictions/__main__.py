@@ -134,10 +134,11 @@ def run(args: argparse.Namespace) -> Path:
     from training.scoring import (
         ScoringError,
         check_same_classes,
+        ensemble_home,
         image_folder_data,
         load_saved_model,
         make_runtime,
-        resolve_model_path,
+        resolve_model_paths,
         score,
         voc_split_data,
     )
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> Path:
         runtime = make_runtime(args.device, args.amp, args.channels_last)
     except RuntimeError as error:  # --device cuda without a GPU
         raise ScoringError(str(error)) from error
-    paths = [resolve_model_path(spec, args.runs_dir) for spec in args.model]
+    paths = [path for spec in args.model for path in resolve_model_paths(spec, args.runs_dir)]
     if len(set(paths)) != len(paths):
         raise ScoringError("The same model is named twice in --model; name each model once.")
     models = [load_saved_model(path) for path in paths]
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> Path:
     out = (
         resolve_project_path(args.out)
         if args.out
-        else default_output(models[0].run_dir, dataset_name, split)
+        else default_output(ensemble_home(paths), dataset_name, split)
     )
     if out.exists() and not args.overwrite:  # said before any slow work
         raise ScoringError(

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 import main_train
 from evaluation.__main__ import main as evaluation_main
 from predictions import load_predictions
+from predictions.__main__ import main as predictions_main
 from predictions.ensemble import combine_scores
 from tests.voc_fixture import TinyVoc, tiny_run_args
 from training.checkpoint import load_model, load_trusted
@@ -163,6 +164,16 @@ def test_fold_run_scores_val_with_the_average_of_its_fold_models(tiny_voc, tmp_p
     assert prov["cv_map_mean"] == pytest.approx(np.mean(prov["fold_heldout_map"]))
     assert prov["cv_map_std"] == pytest.approx(np.std(prov["fold_heldout_map"], ddof=1))
     assert len(prov["fold_epochs"]) == 2 and prov["epoch"] is None
+
+    # The k-fold run folder is a model input of `python -m predictions`: its fold models, an
+    # ensemble averaged the same way, reproduce the run's own val predictions.
+    rescored = run_dir / "predictions" / "val-again.npz"
+    argv = ["--model", str(run_dir), "--voc-root", str(tiny_voc.root), "--out", str(rescored)]
+    assert predictions_main([*argv, "--workers", "0", "--no-progress"]) == 0
+    again = load_predictions(rescored)
+    assert again.files == ensemble.files
+    np.testing.assert_allclose(again.scores, ensemble.scores, atol=1e-6)
+    assert len(again.provenance["models"]) == 2
 
     # The report shows each fold's chosen epoch and held-out mAP, the CV estimate, and the
     # ensemble's val mAP (recomputed from the scores: the same as training wrote).

@@ -31,6 +31,7 @@ from training.checkpoint import BEST_MODEL, load_model
 from training.config import TrainConfig
 from training.data import _loader
 from training.distributed import DistContext
+from training.folds import FOLDS_FILENAME, FOLDS_SUBDIR
 from training.loop import Runtime, predict
 from training.trainer import pick_runtime
 from vocdata.classes import VOC_CLASSES
@@ -68,12 +69,13 @@ class SavedModel:
         return self.path.parent
 
 
-def resolve_model_path(spec: str, runs_dir: str | os.PathLike[str]) -> Path:
-    """A `model_best.pt` from a file path, a run folder, a run name under `runs_dir` or
-    `latest`."""
+def resolve_model_paths(spec: str, runs_dir: str | os.PathLike[str]) -> list[Path]:
+    """The model file(s) named by one --model value: a file path, or a run folder / run name
+    under `runs_dir` / `latest`, whose `model_best.pt` it is. A k-fold run (`--folds K`) has
+    no model of its own: its K fold models are returned, an ensemble."""
     candidate = resolve_project_path(spec)
     if candidate.is_file():
-        return candidate
+        return [candidate]
     if candidate.suffix == ".pt":
         raise ScoringError(f"Model file not found: {candidate}. Check the path given to --model.")
     try:
@@ -84,12 +86,27 @@ def resolve_model_path(spec: str, runs_dir: str | os.PathLike[str]) -> Path:
             f"'latest' (looked in {resolve_project_path(runs_dir)})."
         ) from error
     path = run_dir / BEST_MODEL
-    if not path.is_file():
-        raise ScoringError(
-            f"{run_dir} holds no {BEST_MODEL} (training saves it after the first validated "
-            f"epoch). Pass another run to --model."
-        )
-    return path
+    if path.is_file():
+        return [path]
+    fold_models = sorted(
+        (run_dir / FOLDS_SUBDIR).glob(f"*/{BEST_MODEL}"), key=lambda p: int(p.parent.name)
+    )
+    if (run_dir / FOLDS_FILENAME).is_file() and fold_models:
+        return fold_models
+    raise ScoringError(
+        f"{run_dir} holds no {BEST_MODEL} (training saves it after the first validated "
+        f"epoch; a --folds run keeps one per fold under folds/). Pass another run to --model."
+    )
+
+
+def ensemble_home(paths: list[Path]) -> Path:
+    """The run folder an ensemble's outputs belong to: the k-fold run when every model is one
+    of its fold models, else the first model's run folder."""
+    if all(path.parent.parent.name == FOLDS_SUBDIR for path in paths):
+        homes = {path.parent.parent.parent for path in paths}
+        if len(homes) == 1:
+            return homes.pop()
+    return paths[0].parent
 
 
 def load_saved_model(path: Path) -> SavedModel:
@@ -411,7 +428,7 @@ def scoring_provenance(
         "labelled": data.labels is not None,
         "skipped_count": len(data.skipped),
         "skipped": [{"file": f, "reason": r} for f, r in data.skipped],
-        "run": project_relative(models[0].run_dir),
+        "run": project_relative(ensemble_home([m.path for m in models])),
         "scored_by": "python -m predictions",
         "device": str(runtime.device),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
