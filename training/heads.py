@@ -134,9 +134,9 @@ def describe_head(head: nn.Module, kind: str) -> str:
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
     if isinstance(head, PriorHead):
         return (
-            f"prior: frozen ImageNet layer (log-odds of the softmax mass on each class's "
-            f"synsets) x learned scale + offset + zero-started Linear({head.in_features} -> "
-            f"{head.out_features}) residual: {trained:,} trained parameters"
+            f"prior: frozen ImageNet layer -> log-odds of its softmax mass on each class's "
+            f"synsets,\n  x learned scale + offset, + a zero-started Linear({head.in_features} "
+            f"-> {head.out_features}) residual: {trained:,} trained parameters"
         )
     origin = "rows started from ImageNet synsets" if kind == "init" else "freshly initialised"
     return (
