@@ -188,7 +188,7 @@ class Trainer:
         memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
         self.model.to(self.runtime.device, memory_format=memory_format)
         self.features: dict[str, FeatureSet] = {}
-        if config.freeze_backbone or config.lp_ft:
+        if config.freeze_backbone or (config.lp_ft and not config.resume):
             if self.context.enabled:
                 raise ValueError("--freeze-backbone and --lp-ft run in one process, not torchrun")
             self._load_features()
