@@ -133,7 +133,20 @@ def test_prior_head_trains_only_scale_offset_and_residual():
     assert isinstance(head, PriorHead)
     names = {name for name, p in head.named_parameters() if p.requires_grad}
     assert names == {"scale", "offset", "residual.weight", "residual.bias"}
-    assert {"imagenet_weight", "imagenet_bias", "members"} <= set(head.state_dict())
+    assert {"imagenet_weight", "imagenet_bias", "members", "residual_gain"} <= set(
+        head.state_dict()
+    )
+
+
+def test_prior_residual_is_damped_for_classes_with_few_examples():
+    head = build_head("prior", nn.Linear(8, 1000), VOC_CLASSES[:3])
+    head.set_train_positives([0, 20, 380])
+    np.testing.assert_allclose(head.residual_gain.numpy(), [0.0, 0.5, 0.95])
+    with torch.no_grad():
+        head.residual.bias.fill_(1.0)
+        head.imagenet_weight.zero_()  # flat ImageNet logits: every prior is the same number
+        out = head(torch.zeros(1, 8)) - head.prior_logits(torch.zeros(1, 8))
+    np.testing.assert_allclose(out.numpy()[0], [0.0, 0.5, 0.95], atol=1e-6)
 
 
 # -- the genuine network on real ImageNet images ------------------------------------------------
@@ -196,6 +209,8 @@ def test_saved_prior_model_reloads_and_reproduces_its_predictions(tiny_voc, tmp_
     assert preds.provenance["tta"] == "hflip" and preds.provenance["freeze_backbone"]
     model, saved = load_model(run_dir / "model_best.pt")
     assert saved["head"] == "prior" and isinstance(model.head, PriorHead)
+    positives = torch.tensor((read_split(tiny_voc.root, "train").labels == 1).sum(0))
+    torch.testing.assert_close(model.head.residual_gain, positives / (positives + 20.0))
     # Training moved the head away from its start, so reproducing it needs the saved values.
     assert not torch.equal(model.head.residual.weight, torch.zeros_like(model.head.residual.weight))
     val = read_split(tiny_voc.root, "val")

@@ -51,7 +51,7 @@ from training.distributed import (
     sum_across,
 )
 from training.frozen import FeatureSet, cached_features, head_logits, train_head_epoch
-from training.heads import describe_head, resolve_head
+from training.heads import PriorHead, describe_head, resolve_head
 from training.loop import Runtime, predict, train_one_epoch
 from training.loss import masked_bce_terms
 from training.model import MultiLabelClassifier, build_classifier
@@ -187,6 +187,8 @@ class Trainer:
             self.model = model_hook(self.model)
         memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
         self.model.to(self.runtime.device, memory_format=memory_format)
+        if isinstance(self.model.head, PriorHead) and not config.resume:
+            self.model.head.set_train_positives((self.data.train_split.labels == 1).sum(0))
         self.features: dict[str, FeatureSet] = {}
         if config.freeze_backbone or (config.lp_ft and not config.resume):
             if self.context.enabled:
