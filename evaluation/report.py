@@ -385,7 +385,13 @@ def _text_blocks(
             f"difficult\n"
             f"{counts}",
         ),
-        ("Model: the last layer", f"{head}; one logit per class, read through a sigmoid."),
+        (
+            "Model: the last layer",
+            f"{head}; one logit per class, read through a sigmoid.\n"
+            f"head {prov.get('head_kind', 'random')}, test-time augmentation "
+            f"{prov.get('tta', 'none')}, backbone "
+            f"{'frozen' if prov.get('freeze_backbone') else 'fine-tuned'}",
+        ),
         (
             "Loss: 20 independent binary classifiers",
             "L = 1/(sum_ic m_ic) * sum_i sum_c m_ic\n"

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how an ensemble's scores become one: the mean of the probabilities, or the "
         "sigmoid of the mean logit (recorded in the file)",
     )
+    output.add_argument(
+        "--tta",
+        choices=["auto", "none", "hflip"],
+        default="auto",
+        help="test-time augmentation: 'hflip' averages the logits of each image and its mirror "
+        "image; 'auto' uses what the model(s) were validated with (recorded in the file)",
+    )
     machine = parser.add_argument_group("machine")
     add_device_option(machine)
     machine.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -201,6 +208,7 @@ def run(args: argparse.Namespace) -> Path:
         batch_size=args.batch_size,
         workers=workers,
         rule=args.average,
+        tta=args.tta,
         progress=args.progress,
     )
     save_predictions(out, result.predictions)

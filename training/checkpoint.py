@@ -73,6 +73,7 @@ def save_best_model(
     class_names: tuple[str, ...],
     image_size: int,
     provenance: dict[str, Any],
+    head: str = "random",
 ) -> None:
     save_atomic(
         {
@@ -80,6 +81,7 @@ def save_best_model(
             "arch": arch,
             "class_names": list(class_names),
             "image_size": image_size,
+            "head": head,  # the head's structure (training/heads.py); older files: "random"
             "state_dict": model.state_dict(),
             "provenance": provenance,
         },
@@ -101,7 +103,13 @@ def load_model(
     saved = load_trusted(path)
     if saved.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a model saved by this trainer ({MODEL_FORMAT})")
-    model = build_classifier(saved["arch"], len(saved["class_names"]), weights="none")
+    model = build_classifier(
+        saved["arch"],
+        len(saved["class_names"]),
+        weights="none",
+        head=saved.get("head", "random"),
+        class_names=saved["class_names"],
+    )
     if model_hook is not None:
         model = model_hook(model)
     model.load_state_dict(saved["state_dict"])

@@ -22,7 +22,7 @@ from predictions.runs import (
     resolve_run_dir,
 )
 from training.backbones import BACKBONES
-from training.config_checks import ConfigError, problems
+from training.config_checks import CHOICES, ConfigError, problems
 from vocdata.options import (
     add_arch_option,
     add_cache_dir_option,
@@ -57,6 +57,10 @@ class TrainConfig:
     # model
     arch: str = "resnet18"
     weights: str = "imagenet"
+    head: str = "auto"  # training/heads.py; auto = prior with pretrained weights, else random
+    tta: str = "none"  # test-time augmentation at prediction: none | hflip (issue 11)
+    freeze_backbone: bool = False  # train only the head, on cached features
+    lp_ft: bool = False  # fit the head on frozen features first, then fine-tune everything
     # optimisation
     epochs: int = 12
     batch_size: int = 32
@@ -192,8 +196,47 @@ def build_parser() -> argparse.ArgumentParser:
         "dict, or 'none' for random initialisation",
     )
 
+    model.add_argument(
+        "--head",
+        choices=CHOICES["head"],
+        default=d.head,
+        help="the 20-output layer: 'random' (a fresh linear layer), 'init' (rows started from "
+        "the ImageNet rows of each class's synsets), 'prior' (the frozen ImageNet layer's "
+        "probability of the class's synsets, scaled, shifted and corrected by a learned "
+        "linear residual). 'auto': prior with pretrained weights, random with --weights none",
+    )
+    model.add_argument(
+        "--tta",
+        choices=CHOICES["tta"],
+        default=d.tta,
+        help="test-time augmentation: 'hflip' averages the logits of each validation image "
+        "and its mirror image (twice the prediction time)",
+    )
+    model.add_argument(
+        "--freeze-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=d.freeze_backbone,
+        help="train only the head, on backbone features computed once per image (and its "
+        "mirror image) and cached under --cache-dir: a whole training costs about one pass "
+        "over the images (the recommended CPU recipe)",
+    )
+    model.add_argument(
+        "--lp-ft",
+        action=argparse.BooleanOptionalAction,
+        default=d.lp_ft,
+        help="linear probe, then fine-tune: fit the head on frozen cached features for "
+        "--epochs passes first, then fine-tune the whole network; keeps more of what the "
+        "pretrained features know than fine-tuning with an untrained head",
+    )
+
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    optim.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="training epochs; 0 trains nothing and only validates the starting model (the "
+        "zero-shot baseline with an ImageNet head, chance with --head random)",
+    )
     optim.add_argument(
         "--batch-size",
         type=int,

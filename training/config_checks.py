@@ -20,6 +20,8 @@ import torch
 
 from predictions.runs import RESERVED_NAMES
 from training.backbones import BACKBONES
+from training.heads import HEAD_KINDS
+from training.loop import TTA_MODES
 from vocdata.paths import resolve_project_path
 from vocdata.splits import DifficultMode
 
@@ -29,6 +31,8 @@ CHOICES = {
     "arch": tuple(BACKBONES),
     "optimizer": ("adamw", "sgd"),
     "amp": ("auto", "bf16", "fp16", "off"),
+    "head": ("auto", *HEAD_KINDS),
+    "tta": TTA_MODES,
 }
 
 FieldCheck = Callable[[Any], "str | None"]
@@ -136,6 +140,7 @@ for _name in (
     "deterministic",
     "progress",
     "freeze_backbone",
+    "lp_ft",
 ):
     field_check(_name)(_boolean)
 

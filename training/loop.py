@@ -120,6 +120,22 @@ class PredictionPass:
     mask_sum: float  # number of (image, class) pairs that count
 
 
+TTA_MODES = ("none", "hflip")
+
+
+def tta_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's logits, or with `hflip` the mean of the image's and its mirror's logits.
+
+    Logits, not probabilities, are averaged: one forward per view and the result is again a
+    logit, so every caller (loss, sigmoid scores) treats it like a plain prediction.
+    """
+    if tta == "none":
+        return model(images)
+    if tta == "hflip":
+        return 0.5 * (model(images) + model(torch.flip(images, dims=(-1,))))
+    raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -127,8 +143,12 @@ def predict(
     runtime: Runtime,
     progress: bool = True,
     description: str = "val",
+    tta: str = "none",
 ) -> PredictionPass:
-    """Logits for every sample of `loader` (eval mode), with the summed masked BCE."""
+    """Logits for every sample of `loader` (eval mode), with the summed masked BCE.
+
+    `tta="hflip"` averages each image's logits with its mirror image's (`tta_logits`).
+    """
     model.eval()
     indices, logits_list = [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
@@ -140,7 +160,7 @@ def predict(
         targets = targets.to(runtime.device, non_blocking=True)
         mask = mask.to(runtime.device, non_blocking=True)
         with runtime.autocast():
-            logits = model(images)
+            logits = tta_logits(model, images, tta)
         loss_sum += masked_bce_terms(logits, targets, mask).sum()
         mask_sum += mask.sum()
         logits_list.append(logits.float().cpu())

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from training.backbones import create_imagenet_network, get_backbone
+from training.heads import build_head
+from vocdata.classes import VOC_CLASSES
 
 
 class MultiLabelClassifier(nn.Module):
@@ -32,8 +34,18 @@ class MultiLabelClassifier(nn.Module):
         return self.backbone((pixels - self.pixel_mean) / self.pixel_std)
 
     @property
-    def head(self) -> nn.Linear:
+    def head(self) -> nn.Module:
         return getattr(self.backbone, self.head_name)
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the pooled features the head received): one pass, for the feature cache."""
+        captured: list[torch.Tensor] = []
+        hook = self.head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        try:
+            logits = self(images)
+        finally:
+            hook.remove()
+        return logits, captured[0]
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         return self.head.parameters()
@@ -44,11 +56,24 @@ class MultiLabelClassifier(nn.Module):
 
 
 def build_classifier(
-    arch: str, num_classes: int, weights: str = "imagenet"
+    arch: str,
+    num_classes: int,
+    weights: str = "imagenet",
+    head: str = "random",
+    class_names: Sequence[str] | None = None,
 ) -> MultiLabelClassifier:
-    """ImageNet-pretrained `arch` with a freshly initialised `num_classes`-output linear layer."""
+    """ImageNet-pretrained `arch` whose 1000-class layer becomes a `num_classes`-output head of
+    kind `head` (training/heads.py; `random` is a freshly initialised linear layer).
+
+    With `weights="none"` an ImageNet-derived head gets only its structure: that is how
+    `load_model` rebuilds a saved model before loading its weights.
+    """
     spec = get_backbone(arch)
     network = create_imagenet_network(arch, weights)
-    old_head = getattr(network, spec.head_name)
-    setattr(network, spec.head_name, nn.Linear(old_head.in_features, num_classes))
+    names = tuple(class_names) if class_names is not None else VOC_CLASSES[:num_classes]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} outputs")
+    imagenet_layer = getattr(network, spec.head_name)
+    new_head = build_head(head, imagenet_layer, names, pretrained=weights != "none")
+    setattr(network, spec.head_name, new_head)
     return MultiLabelClassifier(network, spec.head_name, spec.mean, spec.std)

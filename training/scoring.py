@@ -46,6 +46,7 @@ from vocdata.transforms import eval_transform
 log = logging.getLogger("predictions")
 
 TTA_NONE = "none"
+TTA_AUTO = "auto"  # what the models were validated with
 
 
 class ScoringError(ValueError):
@@ -338,12 +339,15 @@ def score(
     batch_size: int = 64,
     workers: int = 0,
     rule: str = DEFAULT_AVERAGING_RULE,
+    tta: str = TTA_AUTO,
     progress: bool = True,
 ) -> ScoringResult:
     """Sigmoid scores of every image of `data` under every model, combined with `rule`.
 
     Models sharing an image size share one loader (each image decoded once for all of them).
+    `tta` 'auto' uses the test-time augmentation the models were validated with.
     """
+    tta = resolve_tta(models, tta)
     class_names = check_same_classes(models)
     if data.labels is not None and data.labels.shape[1] != len(class_names):
         raise ScoringError(
@@ -362,7 +366,12 @@ def score(
         dataset = _RepeatedTargets(data.dataset(image_size, len(class_names)), len(members))
         loader = _loader(dataset, None, loader_config, batch_size, pin_memory, drop_last=False)
         result = predict(
-            stacked, loader, runtime, progress=progress, description=f"scoring {image_size}px"
+            stacked,
+            loader,
+            runtime,
+            progress=progress,
+            description=f"scoring {image_size}px",
+            tta=tta,
         )
         logits = np.empty((len(data.files), result.logits.shape[1]), dtype=np.float32)
         logits[result.indices] = result.logits
@@ -371,7 +380,7 @@ def score(
             per_model[model_index] = _sigmoid(logits[:, columns])
     seconds = time.perf_counter() - started
     scores = combine_scores([per_model[i] for i in range(len(models))], rule)
-    provenance = scoring_provenance(models, data, rule, runtime)
+    provenance = scoring_provenance(models, data, rule, runtime, tta)
     predictions = Predictions(
         scores=scores,
         labels=data.labels,
@@ -388,8 +397,22 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
+def resolve_tta(models: list[SavedModel], tta: str) -> str:
+    """'auto': the test-time augmentation the models' own validation used (recorded in their
+    provenance; older models: none). Models that disagree need an explicit --tta."""
+    if tta != TTA_AUTO:
+        return tta
+    recorded = {m.provenance.get("tta", TTA_NONE) for m in models}
+    if len(recorded) > 1:
+        raise ScoringError(
+            f"The models were validated with different test-time augmentation "
+            f"({', '.join(sorted(recorded))}): choose one with --tta."
+        )
+    return recorded.pop()
+
+
 def scoring_provenance(
-    models: list[SavedModel], data: ScoringData, rule: str, runtime: Runtime
+    models: list[SavedModel], data: ScoringData, rule: str, runtime: Runtime, tta: str
 ) -> dict[str, Any]:
     """Which models, which data, which averaging, TTA and when: enough to redo the file."""
     first = models[0].provenance
@@ -419,7 +442,7 @@ def scoring_provenance(
             for m in models
         ],
         "ensemble_rule": rule if len(models) > 1 else None,
-        "tta": TTA_NONE,
+        "tta": tta,
         "source": data.source,
         "dataset": data.dataset_name,
         "split": data.split,

@@ -46,6 +46,7 @@ from training.checkpoint import (
     save_best_model,
 )
 from training.config import CONFIG_FILENAME, TrainConfig
+from training.config_checks import ConfigError
 from training.data import RunData, build_run_data
 from training.distributed import (
     DistContext,
@@ -57,21 +58,27 @@ from training.distributed import (
     sum_across,
 )
 from training.folds import FOLDS_FILENAME, Fold
+from training.frozen import FeatureSet, cached_features, head_logits, train_head_epoch
+from training.heads import PriorHead, describe_head, resolve_head
 from training.loop import Runtime, predict, train_one_epoch
+from training.loss import masked_bce_terms
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
 from training.provenance import collect_run_provenance
 from training.seed import derive_seed, seed_everything
 from vocdata.atomic import atomic_write
 from vocdata.classes import VOC_CLASSES
+from vocdata.dataset import VocClassification
 from vocdata.download import ensure_voc_root
 from vocdata.paths import display_path, project_relative, resolve_project_path
 from vocdata.splits import resolve_voc_root
+from vocdata.transforms import eval_transform
 
 log = logging.getLogger("training")
 
 HELD_OUT_PREDICTIONS = "heldout_predictions.npz"  # a fold model's scores of its held-out fold
 LOG_FILENAME = "train.log"
+LP_SEED_OFFSET = 1_000_000  # the linear probe's epochs draw seeds apart from training's
 
 
 # What torch.load and load_state_dict raise for a damaged or foreign checkpoint.
@@ -156,6 +163,7 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    head_kind: str  # what --head resolved to ('auto' -> prior or random)
 
 
 def build_training_parts(
@@ -174,15 +182,21 @@ def build_training_parts(
     data = build_run_data(
         config, voc_root, context, pin_memory=runtime.device.type == "cuda", fold=fold
     )
-    model = build_classifier(config.arch, len(VOC_CLASSES), config.weights)
+    head_kind = resolve_head(config.head, config.weights)
+    model = build_classifier(config.arch, len(VOC_CLASSES), config.weights, head=head_kind)
     if model_hook is not None:
         model = model_hook(model)
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     model.to(runtime.device, memory_format=memory_format)
+    if isinstance(model.head, PriorHead) and not config.resume:  # a resume restores it
+        model.head.set_train_positives((data.train_split.labels == 1).sum(0))
+    if config.freeze_backbone:  # before the optimizer, which takes trainable tensors only
+        for param in model.backbone_parameters():
+            param.requires_grad_(False)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(data.train_loader))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    return TrainingParts(data, model, optimizer, scheduler, scaler)
+    return TrainingParts(data, model, optimizer, scheduler, scaler, head_kind)
 
 
 def configure_determinism(config: TrainConfig, runtime: Runtime) -> None:
@@ -264,14 +278,6 @@ def _finite_or_none(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _describe_head(head: nn.Linear) -> str:
-    count = sum(p.numel() for p in head.parameters())
-    return (
-        f"Linear({head.in_features} -> {head.out_features}): {count:,} parameters "
-        f"(weight {head.out_features}x{head.in_features} + bias {head.out_features})"
-    )
-
-
 def _peak_memory_mb(runtime: Runtime) -> float | None:
     if runtime.device.type != "cuda":
         return None
@@ -324,6 +330,17 @@ class Trainer:
         self.data: RunData = parts.data
         self.model: MultiLabelClassifier = parts.model
         self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
+        self.head_kind = parts.head_kind
+        self.features: dict[str, FeatureSet] = {}
+        if (config.freeze_backbone or config.lp_ft) and self.context.enabled:
+            raise ConfigError(
+                "--freeze-backbone and --lp-ft train the head on cached features in one "
+                "process: run them without torchrun (they need one pass over the images)"
+            )
+        if config.freeze_backbone or (config.lp_ft and not config.resume):
+            self._load_features()
+        if config.lp_ft and not config.resume:
+            self._linear_probe()
         self.state = TrainState()
 
         if config.resume:
@@ -346,6 +363,73 @@ class Trainer:
             )
         if config.compile:
             self.train_model = torch.compile(self.train_model)
+
+    # -- frozen features (--freeze-backbone, --lp-ft) -----------------------------------------
+    def _load_features(self) -> None:
+        """Both splits' features, from the feature cache or computed once (training/frozen.py)."""
+        config, data = self.config, self.data
+        cache_dir = resolve_project_path(config.cache_dir) if config.cache_dir else None
+        fold_suffix = "" if self.fold is None else f"-fold{self.fold.number}"
+        for role, split, dataset in (
+            ("train", data.train_split, data.train_loader.dataset),
+            ("val", data.val_split, data.val_loader.dataset),
+        ):
+            eval_set = VocClassification(
+                data.voc_root,
+                split,
+                config.difficult,
+                eval_transform(config.image_size),
+                dataset.image_cache,
+            )
+            # Keyed by role: in a fold run both are parts of the train split.
+            self.features[role] = cached_features(
+                self.model,
+                eval_set,
+                f"{split.name}{fold_suffix}" if role == "train" else f"{role}{fold_suffix}",
+                data.voc_root,
+                split.relative_paths,
+                config.image_size,
+                cache_dir,
+                self.runtime,
+                2 * config.batch_size,
+                config.workers,
+                progress=config.progress,
+            )
+
+    def _head_epoch(self, optimizer, scheduler, epoch: int) -> tuple[float, int]:
+        targets, mask = self.data.train_split.targets_and_mask(self.config.difficult)
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch))
+        return train_head_epoch(
+            self.model.head,
+            self.features["train"],
+            torch.from_numpy(targets),
+            torch.from_numpy(mask),
+            optimizer,
+            scheduler,
+            self.config.batch_size,
+            generator,
+            self.runtime.device,
+        )
+
+    def _linear_probe(self) -> None:
+        """LP-FT's first stage: the head alone on frozen features, `--epochs` passes with the
+        head's recipe, before the whole network is fine-tuned from there."""
+        config = self.config
+        backbone = list(self.model.backbone_parameters())
+        for param in backbone:
+            param.requires_grad_(False)
+        optimizer = build_optimizer(self.model, config)
+        scheduler = build_scheduler(optimizer, config, len(self.data.train_loader))
+        for epoch in range(1, config.epochs + 1):
+            loss_sum, seen = self._head_epoch(optimizer, scheduler, LP_SEED_OFFSET + epoch)
+        for param in backbone:
+            param.requires_grad_(True)
+        if config.epochs:
+            log.info(
+                "linear probe: %d passes on frozen features, train loss %.4f",
+                config.epochs,
+                loss_sum / max(seen, 1),
+            )
 
     # -- checkpoints -------------------------------------------------------------------------
     def _resume(self, run_dir: Path) -> None:
@@ -411,12 +495,16 @@ class Trainer:
         self, loader: DataLoader | None = None, size: int | None = None
     ) -> tuple[np.ndarray, float]:
         """Sigmoid scores of the whole val split (or of `loader`'s `size` rows) in split order
-        (gathered from all processes)."""
+        (gathered from all processes). With a frozen backbone the val split is scored from its
+        cached features (the same numbers, without the backbone pass)."""
+        if self.config.freeze_backbone and loader is None:
+            return self._validate_features()
         result = predict(
             self.train_model,
             self.data.val_loader if loader is None else loader,
             self.runtime,
             progress=self.config.progress and self.context.is_main,
+            tta=self.config.tta,
         )
         loss_sum, mask_sum = sum_across([result.loss_sum, result.mask_sum], self.context)
         size = len(self.data.val_split) if size is None else size
@@ -424,22 +512,38 @@ class Trainer:
         scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         return scores.astype(np.float32), loss_sum / max(mask_sum, 1.0)
 
+    def _validate_features(self) -> tuple[np.ndarray, float]:
+        """`_validate` with a frozen backbone: the head on the cached val features."""
+        logits = head_logits(
+            self.model.head, self.features["val"], self.config.tta, self.runtime.device
+        )
+        targets, mask = self.data.val_split.targets_and_mask(self.config.difficult)
+        loss = masked_bce_terms(logits, torch.from_numpy(targets), torch.from_numpy(mask))
+        scores = torch.sigmoid(logits.double()).numpy().astype(np.float32)
+        return scores, float(loss.sum()) / max(float(mask.sum()), 1.0)
+
     def _epoch(self, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
+        """Train one epoch and validate; epoch 0 (`--epochs 0`) only validates."""
         config = self.config
         started = time.perf_counter()
         torch.manual_seed(derive_seed(config.seed, epoch, self.context.rank))
         self.data.train_sampler.set_epoch(epoch)
-        loss_sum, seen = train_one_epoch(
-            self.train_model,
-            self.data.train_loader,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
-            self.runtime,
-            progress=config.progress and self.context.is_main,
-            description=f"epoch {epoch}/{config.epochs}",
-        )
-        loss_sum, seen = sum_across([loss_sum, float(seen)], self.context)
+        if epoch == 0:
+            loss_sum, seen = math.nan, 0
+        elif config.freeze_backbone:
+            loss_sum, seen = self._head_epoch(self.optimizer, self.scheduler, epoch)
+        else:
+            loss_sum, seen = train_one_epoch(
+                self.train_model,
+                self.data.train_loader,
+                self.optimizer,
+                self.scheduler,
+                self.scaler,
+                self.runtime,
+                progress=config.progress and self.context.is_main,
+                description=f"epoch {epoch}/{config.epochs}",
+            )
+            loss_sum, seen = sum_across([loss_sum, float(seen)], self.context)
         train_seconds = time.perf_counter() - started
         scores, val_loss = self._validate()
         with warnings.catch_warnings():  # said once at the start, not every epoch
@@ -451,7 +555,7 @@ class Trainer:
         lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(seen, 1.0),
+            "train_loss": _finite_or_none(loss_sum / max(seen, 1.0)),
             "val_loss": val_loss,
             "val_map": _finite_or_none(mean_ap.value),
             "val_map_classes": mean_ap.num_classes,
@@ -460,7 +564,7 @@ class Trainer:
             "lr_head": lrs.get("head", lrs.get("head_no_decay")),
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
-            "train_images_per_second": seen / train_seconds,
+            "train_images_per_second": seen / max(train_seconds, 1e-9),
             "peak_gpu_memory_mb": _peak_memory_mb(self.runtime),
         }
         return record, scores
@@ -483,7 +587,11 @@ class Trainer:
             "train_positives": dict(
                 zip(VOC_CLASSES, (self.data.train_split.labels == 1).sum(0).tolist(), strict=True)
             ),
-            "head": _describe_head(self.model.head),
+            "head": describe_head(self.model.head, self.head_kind),
+            "head_kind": self.head_kind,
+            "tta": config.tta,
+            "freeze_backbone": config.freeze_backbone,
+            "lp_ft": config.lp_ft,
             "voc_root": project_relative(self.data.voc_root),
             "run": project_relative(self.run_dir),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -505,6 +613,7 @@ class Trainer:
             class_names=VOC_CLASSES,
             image_size=config.image_size,
             provenance=provenance,
+            head=self.head_kind,
         )
         save_predictions(
             self.run_dir / (PREDICTIONS_FILENAME if self.fold is None else HELD_OUT_PREDICTIONS),
@@ -562,6 +671,8 @@ class Trainer:
             )
         try:
             epochs = range(self.state.epoch + 1, config.epochs + 1)
+            if config.epochs == 0 and not self.state.history:
+                epochs = range(0, 1)  # no training: validate the starting model as "epoch 0"
             bar = tqdm(epochs, desc="epochs", disable=not (config.progress and main), unit="ep")
             for done_this_session, epoch in enumerate(bar, start=1):
                 record, scores = self._epoch(epoch)
@@ -615,21 +726,27 @@ def _warn_undefined_classes(val_split, difficult: str, scored_on: str = "val") -
         )
 
 
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def _log_epoch(writer, record: dict[str, Any], improved: bool, scored_on: str = "val") -> None:
     epoch = record["epoch"]
-    writer.add_scalar("loss/train", record["train_loss"], epoch)
+    if record["train_loss"] is not None:
+        writer.add_scalar("loss/train", record["train_loss"], epoch)
     writer.add_scalar("loss/val", record["val_loss"], epoch)
     if record["val_map"] is not None:
         writer.add_scalar("mAP/val", record["val_map"], epoch)
     for name, ap in record["val_ap"].items():
         if ap is not None:
             writer.add_scalar(f"AP/{name}", ap, epoch)
-    writer.add_scalar("lr/backbone", record["lr_backbone"], epoch)
+    if record["lr_backbone"] is not None:  # None: frozen backbone
+        writer.add_scalar("lr/backbone", record["lr_backbone"], epoch)
     writer.add_scalar("lr/head", record["lr_head"], epoch)
     writer.flush()
     val_map = record["val_map"]
     tqdm.write(
-        f"epoch {epoch}: train loss {record['train_loss']:.4f}  "
+        f"epoch {epoch}: train loss {_or_nan(record['train_loss']):.4f}  "
         f"{scored_on} loss {record['val_loss']:.4f}"
         f"  {scored_on} mAP {val_map if val_map is None else round(val_map, 4)} "
         f"({record['val_map_classes']} classes)  {record['seconds']:.1f}s"
