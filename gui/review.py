@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vocdata.files import atomic_write
+from vocdata.atomic import atomic_write
 
 MARK_WORDS = {"label": "label looks wrong", "model": "model wrong"}
 MARKS_FORMAT = "voc-gui-marks/1"

@@ -32,7 +32,7 @@ from gui.threshold import (
     summarise,
 )
 from tests.test_gui_model import hand_made
-from vocdata.files import PROJECT_ROOT
+from vocdata.paths import PROJECT_ROOT
 
 # hand_made(): class 'cat', rows 0..6
 #   scores  0.30 0.80 0.95 0.80 0.10 0.60 0.55

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from evaluation.metrics import UndefinedAPWarning, per_class_average_precision
+from evaluation.tables import markdown_table
 from predictions import PREDICTIONS_FILENAME, load_predictions
 from training.checkpoint import BEST_MODEL, load_model
 from training.config import config_from_argv
@@ -41,7 +42,7 @@ from training.trainer import run
 from vocdata.cache import open_or_build_cache
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification
-from vocdata.files import resolve_project_path
+from vocdata.paths import resolve_project_path
 from vocdata.splits import read_split, resolve_voc_root
 from vocdata.transforms import eval_resize_size, eval_transform
 
@@ -139,30 +140,24 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    short = [name[:5] for name in VOC_CLASSES]
-    header = [
-        "variant",
-        "TTA",
-        "mAP",
-        "mAP (>=20 train)",
-        "wall s",
-        "below zero-shot - 0.05",
-        *short,
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [
-            row["variant"],
-            row["tta"],
-            _fmt(row["map"]),
-            _fmt(row["map_enough"]),
-            f"{row['wall_seconds']:.0f}",
-            ", ".join(row["below_zero_shot"]) or "none",
-            *(_fmt(row["ap"][name]) for name in VOC_CLASSES),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """One markdown row per variant and TTA: the mAPs, wall time, losses and per-class AP."""
+    header = ["variant", "TTA", "mAP", "mAP (>=20 train)", "wall s", "below zero-shot - 0.05"]
+    return markdown_table(
+        [*header, *(name[:5] for name in VOC_CLASSES)],
+        [
+            [
+                row["variant"],
+                row["tta"],
+                _fmt(row["map"]),
+                _fmt(row["map_enough"]),
+                f"{row['wall_seconds']:.0f}",
+                ", ".join(row["below_zero_shot"]) or "none",
+                *(_fmt(row["ap"][name]) for name in VOC_CLASSES),
+            ]
+            for row in rows
+        ],
+    )
 
 
 def compare(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
@@ -240,7 +235,7 @@ def compare(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             c for c, e in zip(VOC_CLASSES, enough, strict=True) if e
         ],
         "rows": rows,
-        "table": markdown_table(rows),
+        "table": results_table(rows),
     }
 
 

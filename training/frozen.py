@@ -28,8 +28,8 @@ from tqdm import tqdm
 from training.loop import Runtime
 from training.loss import masked_bce_with_logits
 from training.model import MultiLabelClassifier
+from vocdata.atomic import atomic_write
 from vocdata.cache import cache_key
-from vocdata.files import atomic_write
 
 log = logging.getLogger(__name__)
 
