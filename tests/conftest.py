@@ -110,9 +110,17 @@ def assert_run_scores_match_saved_model(
     model, saved = load_model(run_dir / "model_best.pt")
     val = read_split(voc_root, "val")
     dataset = VocClassification(voc_root, val, "ignore", eval_transform(saved["image_size"]))
+    flip = predictions.provenance.get("tta", "none") == "hflip"
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        # Written out here (not training's TTA code): the mirror image's logits averaged in.
+        if not flip:
+            return model(images)
+        return (model(images) + model(images.flip(-1))) / 2
+
     with torch.no_grad():
         scores = torch.cat(
-            [torch.sigmoid(model(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
+            [torch.sigmoid(logits(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
         ).numpy()
     np.testing.assert_allclose(predictions.scores, scores, atol=atol)
     return saved, scores

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import pytest
 
-from training.config import TrainConfig
+from training.config import TrainConfig, config_from_argv
 from training.config_checks import FIELD_CHECKS, ConfigError
 from vocdata.atomic import atomic_write
 
@@ -54,3 +54,16 @@ def test_atomic_write_respects_the_umask(tmp_path, umask):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_backbone_is_frozen_by_default_only_where_there_is_something_to_keep():
+    """Pretrained weights: frozen (keeps what ImageNet knows). Random weights or LP-FT:
+    fine-tuned. An explicit contradiction is refused, naming both options."""
+    assert TrainConfig().freeze_backbone is True
+    assert config_from_argv(["--weights", "none"]).freeze_backbone is False
+    assert config_from_argv(["--lp-ft"]).freeze_backbone is False
+    assert config_from_argv(["--no-freeze-backbone"]).freeze_backbone is False
+    with pytest.raises(ConfigError, match="--freeze-backbone with --weights none"):
+        config_from_argv(["--weights", "none", "--freeze-backbone"])
+    with pytest.raises(ConfigError, match="--freeze-backbone with --lp-ft"):
+        TrainConfig(lp_ft=True, freeze_backbone=True)

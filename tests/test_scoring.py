@@ -54,7 +54,8 @@ def test_rescoring_the_val_split_reproduces_the_runs_predictions_file(tiny_runs,
     np.testing.assert_array_equal(rescored.labels, original.labels)
     np.testing.assert_allclose(rescored.scores, original.scores, rtol=0, atol=1e-5)
     prov = rescored.provenance
-    assert prov["format_version"] == 2 and prov["tta"] == "none" and prov["split"] == "val"
+    assert prov["format_version"] == 2 and prov["split"] == "val"
+    assert prov["tta"] == original.provenance["tta"] == "hflip"  # the run's own TTA, by default
     assert prov["source"] == "voc-split" and prov["skipped_count"] == 0
     assert [m["path"] for m in prov["models"]] == [
         Path(p).as_posix() for p in [prov["run"] + "/model_best.pt"]

@@ -55,9 +55,9 @@ ZERO_SHOT = "zero-shot (prior, --epochs 0)"
 # name -> main_train.py options of the variant
 VARIANTS: dict[str, list[str]] = {
     ZERO_SHOT: ["--head", "prior", "--epochs", "0"],
-    "random (today)": ["--head", "random"],
-    "init": ["--head", "init"],
-    "prior": ["--head", "prior"],
+    "random (old default)": ["--head", "random", "--no-freeze-backbone"],
+    "init": ["--head", "init", "--no-freeze-backbone"],
+    "prior": ["--head", "prior", "--no-freeze-backbone"],
     "random, frozen backbone": ["--head", "random", "--freeze-backbone"],
     "init, frozen backbone": ["--head", "init", "--freeze-backbone"],
     "prior, frozen backbone": ["--head", "prior", "--freeze-backbone"],

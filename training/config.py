@@ -58,8 +58,10 @@ class TrainConfig:
     arch: str = "resnet18"
     weights: str = "imagenet"
     head: str = "auto"  # training/heads.py; auto = prior with pretrained weights, else random
-    tta: str = "none"  # test-time augmentation at prediction: none | hflip (issue 11)
-    freeze_backbone: bool = False  # train only the head, on cached features
+    tta: str = "hflip"  # test-time augmentation at prediction: none | hflip (measured: helps)
+    # Train only the head, on cached features. None (auto): frozen with pretrained weights,
+    # fine-tuned with --weights none or --lp-ft; resolved when the config is made.
+    freeze_backbone: bool | None = None
     lp_ft: bool = False  # fit the head on frozen features first, then fine-tune everything
     # optimisation
     epochs: int = 12
@@ -90,6 +92,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.cache_dir = none_or_value(self.cache_dir)
+        if self.freeze_backbone is None:
+            self.freeze_backbone = self.weights != "none" and not self.lp_ft
         self.validate()
         if self.workers < 0:
             self.workers = default_workers()
@@ -97,6 +101,16 @@ class TrainConfig:
     def validate(self) -> None:
         """Check every option's value (training/config_checks.py); a ConfigError names them."""
         found = problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if self.freeze_backbone and self.weights == "none":
+            found.append(
+                "--freeze-backbone with --weights none: a random backbone has nothing to keep; "
+                "drop --freeze-backbone (or pass --no-freeze-backbone) to train it"
+            )
+        if self.freeze_backbone and self.lp_ft:
+            found.append(
+                "--freeze-backbone with --lp-ft: LP-FT fine-tunes the backbone after the linear "
+                "probe; choose one"
+            )
         if found:
             raise ConfigError("; ".join(found))
 
@@ -215,10 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--freeze-backbone",
         action=argparse.BooleanOptionalAction,
-        default=d.freeze_backbone,
+        default=None,
         help="train only the head, on backbone features computed once per image (and its "
         "mirror image) and cached under --cache-dir: a whole training costs about one pass "
-        "over the images (the recommended CPU recipe)",
+        "over the images. Default: frozen with pretrained weights (it keeps what ImageNet "
+        "knows; see README), fine-tuned with --weights none or --lp-ft. "
+        "--no-freeze-backbone fine-tunes the whole network",
     )
     model.add_argument(
         "--lp-ft",

@@ -121,6 +121,7 @@ def _training_config(trainer_args: list[str], args: argparse.Namespace, arch: st
             *trainer_args,
             *("--epochs", str(args.epochs), "--arch", arch),
             *("--weights", args.weights, "--device", args.device),
+            "--no-freeze-backbone",  # BatchNorm must train: that is where mode B breaks
         ]
     )
 
