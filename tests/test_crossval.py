@@ -248,3 +248,27 @@ def test_run_stopped_in_fold_2_resumes_to_the_uninterrupted_result(tiny_voc, tmp
         load_predictions(whole / "val_predictions.npz").scores,
         load_predictions(halves / "val_predictions.npz").scores,
     )
+
+
+def test_frozen_fold_models_train_on_the_features_of_their_own_rows(tiny_voc, tmp_path):
+    """--freeze-backbone in a fold run: each fold model's held-out scores come from cached
+    features of its held-out rows; the saved model run on those very images gives the same
+    scores (features of other rows, e.g. the whole train split, would not)."""
+    args = tiny_run_args(tiny_voc.root, tmp_path / "runs", "--folds", "2", "--epochs", "2")
+    args[args.index("--weights") + 1] = "imagenet"  # a frozen backbone needs pretrained weights
+    args[args.index("--image-size") + 1] = "64"
+    args += ["--arch", "efficientnet_lite0", "--freeze-backbone", "--tta", "none"]
+    assert main_train.main([*args, "--run-name", "cvf"]) == 0
+    train = read_split(tiny_voc.root, "train")
+    dataset = VocClassification(tiny_voc.root, train, "ignore", eval_transform(64))
+    for fold in (1, 2):
+        fold_dir = tmp_path / "runs" / "cvf" / "folds" / str(fold)
+        held_out = load_predictions(fold_dir / "heldout_predictions.npz")
+        model, saved = load_model(fold_dir / "model_best.pt")
+        assert saved["provenance"]["freeze_backbone"] is True
+        with torch.no_grad():
+            every = torch.cat(
+                [torch.sigmoid(model(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
+            ).numpy()
+        rows = [train.relative_paths.index(name) for name in held_out.files]
+        np.testing.assert_allclose(held_out.scores, every[rows], atol=1e-5)

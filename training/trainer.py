@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from evaluation.metrics import (
@@ -47,7 +47,7 @@ from training.checkpoint import (
 )
 from training.config import CONFIG_FILENAME, TrainConfig
 from training.config_checks import ConfigError
-from training.data import RunData, build_run_data
+from training.data import RowSubset, RunData, build_run_data
 from training.distributed import (
     DistContext,
     barrier,
@@ -374,13 +374,7 @@ class Trainer:
             ("train", data.train_split, data.train_loader.dataset),
             ("val", data.val_split, data.val_loader.dataset),
         ):
-            eval_set = VocClassification(
-                data.voc_root,
-                split,
-                config.difficult,
-                eval_transform(config.image_size),
-                dataset.image_cache,
-            )
+            eval_set = _eval_view(dataset, data.voc_root, config)
             # Keyed by role: in a fold run both are parts of the train split.
             self.features[role] = cached_features(
                 self.model,
@@ -712,6 +706,17 @@ class Trainer:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
         return self.run_dir
+
+
+def _eval_view(dataset: Dataset, voc_root: Path, config: TrainConfig) -> Dataset:
+    """The same rows as a training loader's `dataset`, with the evaluation transform (no
+    augmentation): what frozen features are computed from. A fold run's rows are a subset of
+    the train split, read through the whole split's image cache."""
+    base = dataset.dataset if isinstance(dataset, RowSubset) else dataset
+    view = VocClassification(
+        voc_root, base.split, config.difficult, eval_transform(config.image_size), base.image_cache
+    )
+    return RowSubset(view, dataset.rows) if isinstance(dataset, RowSubset) else view
 
 
 def _warn_undefined_classes(val_split, difficult: str, scored_on: str = "val") -> None:
