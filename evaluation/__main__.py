@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from evaluation import crossval
@@ -21,6 +19,7 @@ from predictions import (
     resolve_run_dir,
 )
 from predictions.runs import HISTORY_FILENAME
+from vocdata.atomic import probe_writable
 from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import display_path, project_relative, resolve_project_path
 
@@ -133,9 +132,7 @@ def check_writable(out_dir: Path) -> None:
     """Fail before any work when the report folder cannot be written."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)
-        os.close(handle)
-        os.unlink(probe)
+        probe_writable(out_dir)
     except OSError as error:
         raise ReportInputError(
             f"Cannot write the report into {display_path(out_dir)} "

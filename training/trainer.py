@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -66,7 +64,7 @@ from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
 from training.provenance import collect_run_provenance
 from training.seed import derive_seed, seed_everything
-from vocdata.atomic import atomic_write
+from vocdata.atomic import atomic_write, probe_writable
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification
 from vocdata.download import ensure_voc_root
@@ -248,9 +246,7 @@ def _check_writable(run_dir: Path) -> None:
             f"Cannot resume {folder}: its tensorboard is a file, not a folder; move it away"
         )
     try:
-        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
-        os.close(handle)
-        os.unlink(probe)
+        probe_writable(run_dir)
     except OSError as error:
         raise RunFolderError(
             f"Cannot resume {folder}: it is not writable ({error.strerror or error}). Make it "

@@ -43,3 +43,12 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def probe_writable(folder: str | os.PathLike[str]) -> None:
+    """Create and remove a file in `folder`: an OSError now (a read-only folder, a file where
+    the folder should be, a full disk) instead of after minutes of work. Unlike `os.access`,
+    this is also true for root, whom permission bits do not stop."""
+    handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(handle)
+    os.unlink(probe)
