@@ -88,3 +88,25 @@ def test_interrupt_in_epoch_1_then_resume_latest_equals_uninterrupted(
     assert main_train.main(["--resume", "whole", "--runs-dir", str(runs)]) == 2
     assert "already finished its 2 epoch(s)" in errors_of(caplog)
     assert snapshot(runs / "whole") == finished
+
+
+def test_ctrl_c_in_a_fold_run_names_the_k_fold_run_to_resume(
+    tiny_voc, tmp_path, monkeypatch, caplog
+):
+    """Ctrl-C inside fold 1 of a --folds run: the message names the k-fold run folder (what
+    --resume takes), not the fold's own folder, and --resume latest then finishes it."""
+    runs = tmp_path / "runs"
+    options = tiny_run_args(tiny_voc.root, runs, "--epochs", "1", "--folds", "2")
+
+    def ctrl_c(*args, **kwargs):  # a fold's share of the tiny train split is one batch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "train_one_epoch", ctrl_c)
+    assert main_train.main([*options, "--run-name", "cv"]) == 130
+    monkeypatch.undo()
+    message = errors_of(caplog)
+    folder = display_path(runs / "cv")
+    assert f"`python main_train.py --resume {folder}`" in message, message
+    assert "folds/1" not in message
+    assert main_train.main(["--resume", "latest", "--runs-dir", str(runs)]) == 0
+    assert (runs / "cv" / "val_predictions.npz").is_file()

@@ -71,6 +71,7 @@ from training.folds import (
 from training.trainer import (
     HISTORY_FILENAME,
     Trainer,
+    TrainingInterrupted,
     _attach_log_file,
     _finite_or_none,
     _new_run_dir,
@@ -303,7 +304,10 @@ def run_cross_validation(
                 project_relative(run_dir),
             )
         folds = make_folds(assignment, run_dir)
-        results = _train_folds(config, folds, context, model_hook, model_variant)
+        try:
+            results = _train_folds(config, folds, context, model_hook, model_variant)
+        except KeyboardInterrupt as error:  # name the k-fold run, not the fold, to resume
+            raise TrainingInterrupted(run_dir, _epochs_done(run_dir)) from error
         if results is None or not context.is_main:
             barrier(context)
             return run_dir
@@ -363,6 +367,14 @@ def _train_folds(
         del trainer  # its loader workers end before the next fold starts its own
         gc.collect()
     return results
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs finished over all folds so far (from the combined history; 0 if none yet)."""
+    try:
+        return len(json.loads((run_dir / HISTORY_FILENAME).read_text()))
+    except (OSError, ValueError):
+        return 0
 
 
 def _stopped(fold: Fold, run_dir: Path) -> None:
