@@ -234,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mirror image) and cached under --cache-dir: a whole training costs about one pass "
         "over the images. Default: frozen with pretrained weights (it keeps what ImageNet "
         "knows; see README), fine-tuned with --weights none or --lp-ft. "
-        "--no-freeze-backbone fine-tunes the whole network",
+        "--no-freeze-backbone fine-tunes the whole network"
+        # '%(default).0s' prints nothing; it only stops the formatter appending "(default:
+        # None)" (None means the automatic choice described above).
+        "%(default).0s",
     )
     model.add_argument(
         "--lp-ft",
