@@ -96,15 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pick_run_dir(run: str | None, runs_dir: str, predictions: Path | None) -> Path:
-    """The run whose history and options the report shows: --run, else the run folder that
-    holds the predictions file, else the run the file names in its provenance, else latest."""
-    if run is None and predictions is not None:
-        if (predictions.parent / HISTORY_FILENAME).is_file():
-            return predictions.parent
-        recorded = load_predictions(predictions).provenance.get("run")
-        if recorded and resolve_project_path(recorded).is_dir():
-            return resolve_project_path(recorded)
-    return resolve_run_dir(run, runs_dir)
+    """The run whose history and options the report shows: --run; else, for a --predictions
+    file, the run folder holding it or the run its provenance names, if either is here. A
+    file without labels needs no run (its own folder stands in). A labelled file whose run is
+    not found is refused rather than reported with some other run's curves and options."""
+    if run is not None or predictions is None:
+        return resolve_run_dir(run, runs_dir)
+    if (predictions.parent / HISTORY_FILENAME).is_file():
+        return predictions.parent
+    found = load_predictions(predictions)
+    recorded = found.provenance.get("run")
+    if recorded and resolve_project_path(recorded).is_dir():
+        return resolve_project_path(recorded)
+    if found.labels is None:
+        return predictions.parent
+    raise ReportInputError(
+        f"{display_path(predictions)} names no run folder that exists here (provenance 'run': "
+        f"{recorded!r}): pass --run with the run that trained the model, so the report shows "
+        f"its curves and options"
+    )
 
 
 def default_out_dir(run_dir: Path, predictions: Path | None) -> Path:

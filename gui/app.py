@@ -250,11 +250,15 @@ class BrowserApp:
         self.window["-CLASS-"].update(value=self.model.class_labels()[self.model.class_index])
         self.window["-LOWEST-" if self.model.lowest_first else "-HIGHEST-"].update(value=True)
         needed = [item.file for item in self.displayed if self.cache.get(item.file) is None]
-        self._waiting = set(needed)
-        if needed:
-            self.cache.prefetch(needed, self._thumbnail_ready)
-        else:
-            self._page_drawn(cached=True)
+        # A background prefetch may finish one of them between the look-up and this call:
+        # `prefetch` then skips it (no callback), so it is drawn now instead of awaited.
+        queued = set(self.cache.prefetch(needed, self._thumbnail_ready)) if needed else set()
+        self._waiting = set(queued)
+        for slot, item in enumerate(self.displayed):
+            if item.file in needed and item.file not in queued:
+                self._draw_slot(slot, item)
+        if not self._waiting:
+            self._page_drawn(cached=not needed)
         # Neighbouring pages next, so paging on feels instant.
         for page in (self.model.page + 1, self.model.page - 1):
             if 0 <= page < self.model.num_pages:
@@ -368,11 +372,21 @@ class BrowserApp:
             view = "lowest-first" if model.lowest_first else "highest-first"
         return self.exports_dir / f"{model.class_name}-{view}.csv"
 
-    def export_view(self) -> Path:
-        """Write the whole current view as CSV (class, rank, file, score, label, mark)."""
+    def export_view(self) -> Path | None:
+        """Write the whole current view as CSV (class, rank, file, score, label, mark); None,
+        with the reason on the message line, when the file cannot be written."""
         marks = self.marks
         rows = self.model.export_rows(lambda c, f: marks.words(c, f) if marks is not None else "")
-        path = write_csv(self.export_path(), rows)
+        path = self.export_path()
+        try:
+            write_csv(path, rows)
+        except OSError as error:  # a read-only run folder must not end the session
+            self.window["-MESSAGE-"].update(
+                f"cannot export {project_relative(path)}: {error.strerror or error} "
+                f"(is the run folder writable?)"
+            )
+            log.error("cannot export %s: %s", path, error)
+            return None
         self.window["-MESSAGE-"].update(f"exported {len(rows):,} rows to {project_relative(path)}")
         return path
 

@@ -15,7 +15,7 @@ from PIL import Image
 from evaluation.ranking import TRUTH_WORDS, format_score
 from gui.cam import CamKey, CamProvider, overlay
 from gui.model import RankedImage, RankingModel
-from gui.review import MarkStore
+from gui.review import MarksFileError, MarkStore
 from gui.thumbnails import decode_thumbnail, to_ppm
 
 CAM_READY = "-CAM-READY-"
@@ -205,8 +205,12 @@ class DetailView:
                 self._draw()
         elif event in ("-MARK-LABEL-", "-MARK-MODEL-") and self.marks is not None:
             mark = "label" if event == "-MARK-LABEL-" else "model"
-            self.marks.toggle(self.model.class_name, self.item.file, mark)
-            self._show_mark()
+            try:
+                self.marks.toggle(self.model.class_name, self.item.file, mark)
+            except MarksFileError as error:  # the session goes on; the mark is not kept
+                self.window["-MARK-STATUS-"].update(str(error)[:120])
+            else:
+                self._show_mark()
         elif event in ("-D-PREV-", "-D-NEXT-"):
             step = 1 if event == "-D-NEXT-" else -1
             position = min(max(self.position + step, 0), len(self.rows) - 1)

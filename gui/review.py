@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.ranking import TRUTH_WORDS
 from vocdata.atomic import atomic_write
 
 MARK_WORDS = {"label": "label looks wrong", "model": "model wrong"}
 MARKS_FORMAT = "voc-gui-marks/1"
 CSV_COLUMNS = ("class", "rank", "file", "score", "label", "mark")
-LABEL_WORDS = {1: "contains", 0: "difficult", -1: "absent"}
 
 
 def disagreement_rows(
@@ -79,7 +79,8 @@ class MarkStore:
             and data.get("format") == MARKS_FORMAT
             and isinstance(marks, dict)
             and all(
-                isinstance(by_file, dict) and all(m in MARK_WORDS for m in by_file.values())
+                isinstance(by_file, dict)
+                and all(isinstance(m, str) and m in MARK_WORDS for m in by_file.values())
                 for by_file in marks.values()
             )
         )
@@ -100,6 +101,7 @@ class MarkStore:
         """Set `mark`, or clear it when it is already set; save; return the new mark."""
         if mark not in MARK_WORDS:
             raise ValueError(f"mark must be one of {sorted(MARK_WORDS)}, got {mark!r}")
+        before = {c: dict(by_file) for c, by_file in self._marks.items()}
         by_file = self._marks.setdefault(class_name, {})
         if by_file.get(file) == mark:
             del by_file[file]
@@ -108,7 +110,14 @@ class MarkStore:
             new = None
         else:
             by_file[file] = new = mark
-        self.save()
+        try:
+            self.save()
+        except OSError as error:  # what is shown must stay what is on disk
+            self._marks = before
+            raise MarksFileError(
+                f"Cannot save the mark to {self.path} ({error.strerror or error}); is the "
+                f"folder of the predictions file writable?"
+            ) from error
         return new
 
     def count(self) -> int:
@@ -146,7 +155,7 @@ def csv_text(rows: Iterable[ExportRow]) -> str:
                 row.rank,
                 row.file,
                 f"{row.score:.6g}",
-                "" if row.label is None else LABEL_WORDS[row.label],
+                "" if row.label is None else TRUTH_WORDS[row.label],
                 row.mark,
             ]
         )
@@ -156,7 +165,6 @@ def csv_text(rows: Iterable[ExportRow]) -> str:
 def write_csv(path: str | os.PathLike[str], rows: Iterable[ExportRow]) -> Path:
     """Write the rows atomically; return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = csv_text(rows)
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

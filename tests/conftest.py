@@ -4,6 +4,8 @@ saved model predicts."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -51,6 +53,39 @@ PROVENANCE: dict[str, Any] = {
     "difficult": "ignore",
     "created": "2026-11-22T12:00:00+00:00",
 }
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Hash of every file under `folder` (relative name -> sha256), to prove nothing changed."""
+    if not folder.exists():
+        return {}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def errors_of(caplog) -> str:
+    """The ERROR lines a command logged, as one string (what a user reads on stderr)."""
+    return " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
+def save_zero_row_predictions(path: Path) -> None:
+    """A valid predictions file that holds no image (what a run with an empty val split would
+    leave): programs must refuse it with a message, not compute 'mAP nan'."""
+    from predictions import Predictions, save_predictions
+    from vocdata.classes import VOC_CLASSES
+
+    empty = Predictions(
+        np.zeros((0, len(VOC_CLASSES)), np.float32),
+        np.zeros((0, len(VOC_CLASSES)), np.int8),
+        (),
+        VOC_CLASSES,
+        PROVENANCE,
+    )
+    save_predictions(path, empty)
+
 
 # What the trainer records about the software of a run (training/provenance.py).
 RUN_PROVENANCE: dict[str, Any] = {

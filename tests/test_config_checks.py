@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import pytest
 
-from training.config import TrainConfig, config_from_argv
+from training.config import TrainConfig, check_resume_overrides, config_from_argv
 from training.config_checks import FIELD_CHECKS, ConfigError
 from vocdata.atomic import atomic_write
 
@@ -67,3 +67,21 @@ def test_the_backbone_is_frozen_by_default_only_where_there_is_something_to_keep
         config_from_argv(["--weights", "none", "--freeze-backbone"])
     with pytest.raises(ConfigError, match="--freeze-backbone with --lp-ft"):
         TrainConfig(lp_ft=True, freeze_backbone=True)
+
+
+def test_under_torchrun_the_automatic_default_fine_tunes(monkeypatch):
+    """Frozen features are computed in one process: several torchrun processes fine-tune by
+    default rather than fail."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert TrainConfig().freeze_backbone is False
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert TrainConfig().freeze_backbone is True
+
+
+def test_resume_refuses_a_different_head_or_backbone_recipe(tmp_path):
+    """The checkpoint holds one head and one optimizer over the trained tensors: changing
+    --head, --freeze-backbone or --lp-ft on resume is refused, naming the option."""
+    for key, given in (("head", "init"), ("freeze_backbone", False), ("lp_ft", True)):
+        saved = {"head": "prior", "freeze_backbone": True, "lp_ft": False}
+        with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')}"):
+            check_resume_overrides(saved, {**saved, key: given}, tmp_path)

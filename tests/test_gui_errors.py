@@ -14,7 +14,8 @@ import pytest
 import main_gui
 from gui.launch import LaunchError, error_dialog, first_class_with_positives, has_display, launch
 from gui.model import RankingModel
-from predictions import Predictions, save_predictions
+from predictions import Predictions
+from tests.conftest import save_zero_row_predictions
 from tests.test_gui_window import open_app, write_run
 from vocdata.classes import VOC_CLASSES
 from vocdata.paths import PROJECT_ROOT
@@ -28,24 +29,10 @@ def display():
         pytest.skip("no X display: run the tests under `xvfb-run -a` (see README)")
 
 
-def _zero_rows(path) -> None:
-    provenance = {
-        "arch": "resnet18",
-        "weights": "none",
-        "epoch": 1,
-        "val_map": None,
-        "seed": 0,
-        "difficult": "ignore",
-        "created": "2026-11-22T12:00:00+00:00",
-    }
-    empty = np.zeros((0, 20))
-    save_predictions(path, Predictions(empty, empty, (), VOC_CLASSES, provenance))
-
-
 def test_bad_gui_input_is_refused_before_any_window(tiny_voc, tmp_path):
     predictions = tmp_path / "run" / "val_predictions.npz"
     write_run(predictions.parent, tiny_voc.root)
-    _zero_rows(tmp_path / "zero.npz")
+    save_zero_row_predictions(tmp_path / "zero.npz")
     (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).bytes(2048))
     cases = [
         (["--rows", "0"], ("--rows 0", "at least 1")),
@@ -134,8 +121,12 @@ def test_failed_save_shows_a_message_and_the_window_keeps_running(display, tiny_
         app.send("-SAVE-")
         assert "cannot save" in app.window["-MESSAGE-"].get()
         assert blocker.read_text().startswith("a file")
+        exports = tmp_path / "run" / "exports"
+        exports.write_text("a file where the exports folder goes")
+        assert app.export_view() is None
+        assert "cannot export" in app.window["-MESSAGE-"].get()
         app.send("-NEXT-")
         assert app.model.page == 1 and len(app.displayed) == 2
     finally:
         app.close()
-    assert os.path.isfile(blocker)
+    assert os.path.isfile(blocker) and os.path.isfile(exports)

@@ -290,3 +290,26 @@ def test_no_model_file_means_no_activation_maps(tmp_path):
     provider.shutdown()
     (tmp_path / "model_best.pt").write_bytes(b"")
     assert model_file_for(tmp_path / "val_predictions.npz")[0] == tmp_path / "model_best.pt"
+
+
+def test_a_mark_that_cannot_be_saved_is_not_kept_and_says_why(tmp_path):
+    """A file where the marks file should go makes the save fail (even as root): the error
+    names the file, and the marks in memory stay what is on disk."""
+    path = tmp_path / "run" / "val_predictions.marks.json"
+    path.parent.mkdir()
+    store = MarkStore(path)
+    assert store.toggle("sofa", "JPEGImages/a.jpg", "label") == "label"
+    path.unlink()
+    path.mkdir()  # a folder where the file goes: the rename onto it fails
+    with pytest.raises(MarksFileError, match=r"Cannot save the mark to .*marks\.json"):
+        store.toggle("sofa", "JPEGImages/b.jpg", "model")
+    assert store.get("sofa", "JPEGImages/b.jpg") is None
+    assert store.get("sofa", "JPEGImages/a.jpg") == "label" and store.count() == 1
+
+
+def test_a_marks_file_with_a_non_word_mark_is_refused_not_a_crash(tmp_path):
+    path = tmp_path / "val_predictions.marks.json"
+    path.write_text(json.dumps({"format": "voc-gui-marks/1", "marks": {"sofa": {"a": ["x"]}}}))
+    with pytest.raises(MarksFileError, match="not a marks file"):
+        MarkStore(path)
+

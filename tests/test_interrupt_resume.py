@@ -12,7 +12,7 @@ import torch
 
 import main_train
 import training.trainer as trainer_module
-from tests.test_user_errors import errors_of, snapshot
+from tests.conftest import errors_of, snapshot
 from tests.voc_fixture import tiny_run_args
 from training.checkpoint import load_trusted
 from vocdata.paths import display_path

@@ -18,6 +18,7 @@ import main_train
 from predictions import load_predictions, voc_root_of
 from predictions.__main__ import main as predict_main
 from predictions.ensemble import MEAN_LOGIT, combine_scores
+from tests.conftest import errors_of
 from tests.voc_fixture import TinyVoc, tiny_run_args, write_tiny_voc
 from vocdata.paths import PROJECT_ROOT
 
@@ -146,7 +147,7 @@ def test_bad_input_is_one_clear_error_with_exit_code_2(tiny_runs, tmp_path, capl
         with caplog.at_level(logging.ERROR, logger="predictions"):
             assert _score(runs, "--out", str(tmp_path / "never.npz"), *args) == 2
         assert not (tmp_path / "never.npz").exists()
-        return " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+        return errors_of(caplog)
 
     empty = tmp_path / "empty"
     empty.mkdir()

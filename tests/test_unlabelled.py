@@ -115,3 +115,16 @@ def test_window_on_an_unlabelled_folder_shows_unknown_and_no_precision(tmp_path)
         assert app.displayed[0].file == files[int(np.argmin(dog))]
     finally:
         app.close()
+
+
+def test_evaluation_of_an_unlabelled_file_needs_no_run(tmp_path):
+    """Photos scored elsewhere, no runs here at all: the report goes beside the file; no run
+    (and so no 'latest') is looked up, since there are no curves or options to show."""
+    from evaluation.__main__ import main as evaluation_main
+
+    unlabelled(tmp_path)
+    empty_runs = tmp_path / "no-runs"
+    argv = ["--predictions", str(tmp_path / "photos.npz"), "--runs-dir", str(empty_runs)]
+    assert evaluation_main([*argv, "--voc-root", str(tmp_path), "--k", "2"]) == 0
+    assert (tmp_path / "photos-report" / "report.md").is_file()
+    assert not empty_runs.exists()

@@ -8,9 +8,7 @@ made real for root too (which ignores chmod): a regular file stands where a fold
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -26,12 +24,11 @@ import torchvision
 
 import main_train
 from evaluation.__main__ import main as evaluation_main
-from predictions import Predictions, save_predictions
+from tests.conftest import errors_of, save_zero_row_predictions, snapshot
 from tests.test_evaluation import make_run
 from tests.voc_fixture import TinyVoc, tiny_run_args
 from training.config import TrainConfig
 from vocdata import read_split
-from vocdata.classes import VOC_CLASSES
 from vocdata.paths import PROJECT_ROOT
 from wsconv.__main__ import main as wsconv_main
 
@@ -46,22 +43,6 @@ class Case:
     expected: tuple[str, ...]
     setup: Callable[[Path, Path], None] | None = None
     extra_checks: list[Callable[[Path, Path], None]] = field(default_factory=list)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Hash of every file under `folder` (relative name -> sha256), to prove nothing changed."""
-    if not folder.exists():
-        return {}
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        if p.is_file()
-        else "dir"
-        for p in sorted(folder.rglob("*"))
-    }
-
-
-def errors_of(caplog) -> str:
-    return " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -317,19 +298,7 @@ def test_a_bom_in_split_files_is_read_as_text(tiny_voc):
 
 
 def _zero_rows(run_dir: Path) -> None:
-    provenance = {
-        "arch": "resnet18",
-        "weights": "none",
-        "epoch": 1,
-        "val_map": None,
-        "seed": 0,
-        "difficult": "ignore",
-        "created": "2026-11-22T12:00:00+00:00",
-    }
-    empty = Predictions(
-        np.zeros((0, 20), np.float32), np.zeros((0, 20), np.int8), (), VOC_CLASSES, provenance
-    )
-    save_predictions(run_dir / "val_predictions.npz", empty)
+    save_zero_row_predictions(run_dir / "val_predictions.npz")
 
 
 def _random_bytes(run_dir: Path) -> None:
@@ -407,10 +376,16 @@ def test_evaluation_report_of_another_file_goes_beside_it(tiny_voc, tmp_path):
     make_run(other, val, seed=1, history=False)
     (other / "val_predictions.npz").rename(other / "other.npz")
 
-    result = run_cli(
+    command = (
         "-m", "evaluation", "--runs-dir", str(runs), "--predictions", str(other / "other.npz"),
         "--voc-root", str(tiny_voc.root), "--k", "2",
     )  # fmt: skip
+    # The file names no run that exists here: its report would borrow some other run's
+    # curves and options, so the command asks which run made it.
+    result = run_cli(*command)
+    assert result.returncode == 2 and "pass --run" in result.stderr
+    assert "Traceback" not in result.stderr and not (other / "other-report").exists()
+    result = run_cli(*command, "--run", "latest")
     assert result.returncode == 0, result.stderr
     assert snapshot(runs / "latest-run") == before
     assert (other / "other-report" / "report.md").is_file()

@@ -36,7 +36,12 @@ from vocdata.splits import DifficultMode
 
 PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
 # A resumed run's checkpoint only fits the network and optimizer it was written by.
-FIXED_ON_RESUME = ("arch", "optimizer")
+FIXED_ON_RESUME = ("arch", "optimizer", "head", "freeze_backbone", "lp_ft")
+
+
+def under_torchrun() -> bool:
+    """Started by torchrun with several processes (it sets WORLD_SIZE for each)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def default_workers() -> int:
@@ -92,8 +97,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.cache_dir = none_or_value(self.cache_dir)
-        if self.freeze_backbone is None:
-            self.freeze_backbone = self.weights != "none" and not self.lp_ft
+        if self.freeze_backbone is None:  # frozen features are a one-process recipe
+            pretrained = self.weights != "none"
+            self.freeze_backbone = pretrained and not self.lp_ft and not under_torchrun()
         self.validate()
         if self.workers < 0:
             self.workers = default_workers()
@@ -143,20 +149,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a JSON object of options; restore that file")
     return {key: value for key, value in data.items() if key in known}
-
-
-def _fold_count(text: str) -> int:
-    """argparse type of --folds: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"--folds must be a whole number >= 1 (1: one model; k >= 2: k-fold "
-            f"cross-validation), got {text!r}"
-        )
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     book.add_argument(
         "--folds",
-        type=_fold_count,
+        type=int,
         default=d.folds,
         metavar="K",
         help="1: one model, its epoch chosen on the val split. K >= 2: K-fold cross-validation "

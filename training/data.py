@@ -100,6 +100,22 @@ def _split_cache(
     return cache
 
 
+def _eval_loader(
+    dataset: Dataset, config: TrainConfig, context: DistContext, pin_memory: bool
+) -> DataLoader:
+    """Rows in split order (never shuffled), each process its share, twice the training
+    batch (no gradients are kept): the loader of every split that is only scored."""
+    sampler = EpochSampler(
+        len(dataset),
+        config.seed,
+        shuffle=False,
+        with_seeds=False,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+    return _loader(dataset, sampler, config, 2 * config.batch_size, pin_memory, drop_last=False)
+
+
 def build_run_data(
     config: TrainConfig,
     voc_root: Path,
@@ -155,27 +171,7 @@ def build_run_data(
         rank=context.rank,
         world_size=context.world_size,
     )
-    val_sampler = EpochSampler(
-        len(val_set),
-        config.seed,
-        shuffle=False,
-        with_seeds=False,
-        rank=context.rank,
-        world_size=context.world_size,
-    )
-    test_loader = None
-    if test_set is not None:
-        test_sampler = EpochSampler(
-            len(test_set),
-            config.seed,
-            shuffle=False,
-            with_seeds=False,
-            rank=context.rank,
-            world_size=context.world_size,
-        )
-        test_loader = _loader(
-            test_set, test_sampler, config, 2 * config.batch_size, pin_memory, drop_last=False
-        )
+    test_loader = None if test_set is None else _eval_loader(test_set, config, context, pin_memory)
     return RunData(
         voc_root=voc_root,
         train_split=train_split,
@@ -183,9 +179,7 @@ def build_run_data(
         train_loader=_loader(
             train_set, train_sampler, config, config.batch_size, pin_memory, drop_last=True
         ),
-        val_loader=_loader(
-            val_set, val_sampler, config, 2 * config.batch_size, pin_memory, drop_last=False
-        ),
+        val_loader=_eval_loader(val_set, config, context, pin_memory),
         train_sampler=train_sampler,
         test_split=test_split,
         test_loader=test_loader,

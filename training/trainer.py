@@ -186,7 +186,7 @@ def build_training_parts(
         model = model_hook(model)
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     model.to(runtime.device, memory_format=memory_format)
-    if isinstance(model.head, PriorHead) and not config.resume:  # a resume restores it
+    if isinstance(model.head, PriorHead) and not restores_checkpoint(config):  # else restored
         model.head.set_train_positives((data.train_split.labels == 1).sum(0))
     if config.freeze_backbone:  # before the optimizer, which takes trainable tensors only
         for param in model.backbone_parameters():
@@ -195,6 +195,12 @@ def build_training_parts(
     scheduler = build_scheduler(optimizer, config, len(data.train_loader))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     return TrainingParts(data, model, optimizer, scheduler, scaler, head_kind)
+
+
+def restores_checkpoint(config: TrainConfig) -> bool:
+    """Whether this run continues from a checkpoint. A run resumed before its first
+    checkpoint restarts in place and must set itself up exactly as it first did."""
+    return bool(config.resume) and (resolve_project_path(config.resume) / LAST_CHECKPOINT).is_file()
 
 
 def configure_determinism(config: TrainConfig, runtime: Runtime) -> None:
@@ -308,6 +314,11 @@ class Trainer:
             raise
 
     def _build(self, config: TrainConfig, model_hook: ModelHook | None) -> None:
+        if (config.freeze_backbone or config.lp_ft) and self.context.enabled:  # before any data
+            raise ConfigError(
+                "--freeze-backbone and --lp-ft train the head on cached features in one "
+                "process: run them without torchrun, or fine-tune (--no-freeze-backbone)"
+            )
         if config.resume and self.context.is_main:
             _check_writable(resolve_project_path(config.resume))
         self.runtime = pick_runtime(config, self.context)
@@ -328,14 +339,10 @@ class Trainer:
         self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
         self.head_kind = parts.head_kind
         self.features: dict[str, FeatureSet] = {}
-        if (config.freeze_backbone or config.lp_ft) and self.context.enabled:
-            raise ConfigError(
-                "--freeze-backbone and --lp-ft train the head on cached features in one "
-                "process: run them without torchrun (they need one pass over the images)"
-            )
-        if config.freeze_backbone or (config.lp_ft and not config.resume):
+        probe = config.lp_ft and not restores_checkpoint(config)  # a checkpoint holds its result
+        if config.freeze_backbone or probe:
             self._load_features()
-        if config.lp_ft and not config.resume:
+        if probe:
             self._linear_probe()
         self.state = TrainState()
 
@@ -436,7 +443,9 @@ class Trainer:
             )
             return
         self._load_checkpoint(checkpoint)
-        if self.state.epoch >= self.config.epochs:
+        # A fold model that finished its epochs but was stopped before the ensemble scored it
+        # goes straight on to scoring (its epoch loop is empty).
+        if self.fold is None and self.state.epoch >= self.config.epochs:
             raise RunFolderError(
                 f"{display_path(run_dir)} already finished its {self.state.epoch} epoch(s): "
                 f"nothing to resume. Pass a larger --epochs to train it further, or start a "
