@@ -17,6 +17,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from evaluation.figures import WIDE
+from evaluation.tables import markdown_table
 
 
 def is_cross_validated(provenance: dict[str, Any]) -> bool:
@@ -84,11 +85,9 @@ def fold_rows(provenance: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def markdown_section(provenance: dict[str, Any]) -> str:
     """The report.md section of a fold run."""
     header, rows = fold_rows(provenance)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return (
         "## Cross-validation\n\n"
-        + "\n".join(lines)
+        + markdown_table(header, rows)
         + f"\n\n{estimate_line(provenance)}. The val split was used for no choice: its mAP is "
         "an honest test score; the CV estimate is the one computed inside the train split.\n"
     )

@@ -364,13 +364,16 @@ class BrowserApp:
         except ValueError as error:
             self.window["-MESSAGE-"].update(str(error))
 
-    def export_path(self) -> Path:
+    def view_name(self) -> str:
+        """The current view in a file name: the ranking's direction, or the disagreements at
+        the threshold (so a saved page or an export never overwrites another view's)."""
         model = self.model
         if model.disagreements_only:
-            view = f"disagreements-t{model.threshold:.3f}"
-        else:
-            view = "lowest-first" if model.lowest_first else "highest-first"
-        return self.exports_dir / f"{model.class_name}-{view}.csv"
+            return f"disagreements-t{model.threshold:.3f}"
+        return "lowest-first" if model.lowest_first else "highest-first"
+
+    def export_path(self) -> Path:
+        return self.exports_dir / f"{self.model.class_name}-{self.view_name()}.csv"
 
     def export_view(self) -> Path | None:
         """Write the whole current view as CSV (class, rank, file, score, label, mark); None,
@@ -410,8 +413,10 @@ class BrowserApp:
             for i in self.displayed
         ]
         picture = page_image(tiles, self.columns, model.status_line())
-        direction = "lowest" if model.lowest_first else "highest"
-        path = self.screens_dir / f"{model.class_name}-{direction}-page{model.page + 1}.png"
+        view = "lowest" if model.lowest_first else "highest"
+        if model.disagreements_only:
+            view = self.view_name()
+        path = self.screens_dir / f"{model.class_name}-{view}-page{model.page + 1}.png"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:

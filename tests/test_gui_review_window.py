@@ -283,6 +283,9 @@ def test_threshold_disagreements_marks_and_export(display, tiny_voc, tmp_path):
         assert float(rows[0]["score"]) == pytest.approx(float(scores[expected[0]]), abs=1e-5)
         if len(expected) > 1:
             assert rows[1]["mark"] == "model wrong"
+        saved = app.save_page()  # named after the view: never the ranking page's file
+        assert saved == tmp_path / "run" / "screens" / f"{name}-disagreements-t0.500-page1.png"
+        assert saved.is_file()
     finally:
         app.close()
 

@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optim.add_argument(
         "--optimizer",
-        choices=["adamw", "sgd"],
+        choices=CHOICES["optimizer"],
         default=d.optimizer,
         help="AdamW, or SGD with Nesterov momentum 0.9",
     )
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     machine.add_argument(
         "--amp",
-        choices=["auto", "bf16", "fp16", "off"],
+        choices=CHOICES["amp"],
         default=d.amp,
         help="mixed precision on CUDA: auto = bf16 where supported, else fp16 "
         "with loss scaling; always off on the CPU",
