@@ -383,15 +383,19 @@ class BrowserApp:
         path = self.export_path()
         try:
             write_csv(path, rows)
-        except OSError as error:  # a read-only run folder must not end the session
-            self.window["-MESSAGE-"].update(
-                f"cannot export {project_relative(path)}: {error.strerror or error} "
-                f"(is the run folder writable?)"
-            )
-            log.error("cannot export %s: %s", path, error)
-            return None
+        except OSError as error:
+            return self._write_failed("export", path, error)
         self.window["-MESSAGE-"].update(f"exported {len(rows):,} rows to {project_relative(path)}")
         return path
+
+    def _write_failed(self, action: str, path: Path, error: OSError) -> None:
+        """A file the user asked for could not be written (a read-only run folder, a file
+        where a folder goes): say so on the message line; the session goes on."""
+        self.window["-MESSAGE-"].update(
+            f"cannot {action} {project_relative(path)}: {error.strerror or error} "
+            f"(is the run folder writable?)"
+        )
+        log.error("cannot %s %s: %s", action, path, error)
 
     def _go_to_rank(self, text: str) -> None:
         try:
@@ -418,16 +422,10 @@ class BrowserApp:
             view = self.view_name()
         path = self.screens_dir / f"{model.class_name}-{view}-page{model.page + 1}.png"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:
                 picture.save(tmp, format="PNG")
-        except OSError as error:  # a read-only run folder must not end the session
-            self.window["-MESSAGE-"].update(
-                f"cannot save {project_relative(path)}: {error.strerror or error} "
-                f"(is the run folder writable?)"
-            )
-            log.error("cannot save %s: %s", path, error)
-            return None
+        except OSError as error:
+            return self._write_failed("save", path, error)
         self.window["-MESSAGE-"].update(f"saved {project_relative(path)}")
         return path
 
