@@ -19,11 +19,24 @@ from vocdata.paths import DEFAULT_RUNS_DIR, resolve_project_path
 from vocdata.splits import resolve_voc_root
 
 LATEST_POINTER = "latest"
-# Files of a run folder that evaluation reads (written by training/trainer.py).
+LAST_STARTED_POINTER = "last-started"
+# Every file and folder name of a run folder, defined once (README "What a run writes").
 CONFIG_FILENAME = "config.json"
 HISTORY_FILENAME = "history.json"
 RUN_PROVENANCE_FILENAME = "provenance.json"  # what produced the run: training/provenance.py
-LAST_STARTED_POINTER = "last-started"
+BEST_MODEL_FILENAME = "model_best.pt"
+LAST_CHECKPOINT_FILENAME = "checkpoint_last.pt"
+LOG_FILENAME = "train.log"
+LOCK_FILENAME = "run.lock"  # held by the one process training in the folder
+TENSORBOARD_DIRNAME = "tensorboard"
+REPORT_DIRNAME = "report"
+# k-fold runs (--folds K)
+FOLDS_FILENAME = "folds.json"
+FOLDS_DIRNAME = "folds"  # folds/<k>/ is the run folder of fold model k
+CROSSVAL_FILENAME = "crossval.json"
+FOLD_SUMMARY_FILENAME = "fold.json"
+HELD_OUT_PREDICTIONS_FILENAME = "heldout_predictions.npz"  # a fold model's held-out fold
+TRAIN_OOF_PREDICTIONS_FILENAME = "train_oof_predictions.npz"  # every train image, out of fold
 RESERVED_NAMES = (LATEST_POINTER, LAST_STARTED_POINTER)
 
 
