@@ -12,8 +12,9 @@ from predictions.runs import RunNotFoundError
 from training import config_from_argv, run
 from training.backbones import WeightsUnavailableError
 from training.config_checks import ConfigError
-from training.trainer import RunFolderError, TrainingInterrupted
+from training.runfolder import RunFolderError, TrainingInterrupted
 from vocdata.errors import VocDataError, describe_os_error
+from vocdata.jsonio import JsonFileError
 
 # Problems with what the user typed or has on disk: one line on stderr and exit code 2.
 USER_ERRORS = (
@@ -22,6 +23,7 @@ USER_ERRORS = (
     WeightsUnavailableError,
     RunNotFoundError,
     RunFolderError,
+    JsonFileError,
     OSError,
 )
 

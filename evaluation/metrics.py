@@ -226,3 +226,28 @@ def best_f1_threshold(scores: np.ndarray, positives: np.ndarray) -> BestF1 | Non
         float(kept_positives[best] / kept[best]),
         float(kept_positives[best] / positives.sum()),
     )
+
+
+@dataclass(frozen=True)
+class SplitAP:
+    """Per-class AP of a whole score matrix and their mean: what every validation reports."""
+
+    per_class: np.ndarray  # (C,) float64, NaN where a class has no counted positive
+    mean: MeanAP
+
+
+def split_average_precision(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    difficult: DifficultMode | str = DifficultMode.IGNORE,
+) -> SplitAP:
+    """`per_class_average_precision` and its mean, with the undefined-AP warning silenced.
+
+    For callers that said once which classes lack positives (the trainer at its start, the
+    report in its text) and then score the same split again and again.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedAPWarning)
+        per_class = per_class_average_precision(scores, labels, class_names, difficult)
+    return SplitAP(per_class, mean_average_precision(per_class))

@@ -16,3 +16,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def format_number(value: float | None, digits: int = 4, missing: str = "n/a") -> str:
+    """`value` with `digits` decimals, or `missing` for None and NaN (an undefined AP, a
+    metric a run did not record)."""
+    if value is None or value != value:
+        return missing
+    return f"{value:.{digits}f}"

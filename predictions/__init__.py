@@ -12,6 +12,7 @@ from predictions.format import (
     PredictionsFormatError,
     load_predictions,
     save_predictions,
+    scores_from_logits,
 )
 from predictions.runs import (
     DEFAULT_RUNS_DIR,
@@ -33,6 +34,7 @@ __all__ = [
     "load_predictions",
     "resolve_run_dir",
     "save_predictions",
+    "scores_from_logits",
     "voc_root_of",
     "write_latest_pointer",
 ]

@@ -15,8 +15,19 @@ from pathlib import Path
 
 from predictions.ensemble import AVERAGING_RULES, DEFAULT_AVERAGING_RULE
 from predictions.format import PredictionsFormatError, save_predictions
+from predictions.provenance import provenance_value
 from predictions.runs import RunNotFoundError
-from vocdata.options import add_device_option, add_runs_dir_option
+from training.loop import TTA_MODES
+from training.runtime import AMP_MODES
+from training.scoring import TTA_AUTO
+from vocdata.options import (
+    add_amp_option,
+    add_channels_last_option,
+    add_device_option,
+    add_progress_option,
+    add_runs_dir_option,
+    add_workers_option,
+)
 from vocdata.paths import project_relative, resolve_project_path
 from vocdata.splits import VOC_ROOT_ENV, resolve_voc_root
 
@@ -87,35 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument(
         "--tta",
-        choices=["auto", "none", "hflip"],
-        default="auto",
+        choices=[TTA_AUTO, *TTA_MODES],
+        default=TTA_AUTO,
         help="test-time augmentation: 'hflip' averages the logits of each image and its mirror "
         "image; 'auto' uses what the model(s) were validated with (recorded in the file)",
     )
     machine = parser.add_argument_group("machine")
     add_device_option(machine)
     machine.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    machine.add_argument(
-        "--workers",
-        type=int,
-        default=-1,
-        help="data-loading processes (-1: one per core, at most 8; 0: in the main process)",
-    )
-    machine.add_argument(
-        "--amp",
-        choices=["auto", "bf16", "fp16", "off"],
-        default="auto",
-        help="mixed precision on CUDA (always off on the CPU)",
-    )
-    machine.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="NHWC memory layout on CUDA",
-    )
-    machine.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
-    )
+    add_workers_option(machine)
+    add_amp_option(machine, AMP_MODES)
+    add_channels_last_option(machine)
+    add_progress_option(machine)
     return parser
 
 
@@ -138,13 +132,13 @@ def _default_voc_root(stored: str | None) -> Path:
 def run(args: argparse.Namespace) -> Path:
     """Load, check, score, write; returns the file written. Errors are ScoringError & co."""
     from training.config import default_workers
+    from training.runtime import pick_runtime
     from training.scoring import (
         ScoringError,
         check_same_classes,
         ensemble_home,
         image_folder_data,
         load_saved_model,
-        make_runtime,
         resolve_model_paths,
         score,
         voc_split_data,
@@ -158,7 +152,7 @@ def run(args: argparse.Namespace) -> Path:
         raise ScoringError(f"--batch-size must be at least 1, got {args.batch_size}")
     workers = default_workers() if args.workers < 0 else args.workers
     try:
-        runtime = make_runtime(args.device, args.amp, args.channels_last)
+        runtime = pick_runtime(args.device, args.amp, args.channels_last)
     except RuntimeError as error:  # --device cuda without a GPU
         raise ScoringError(str(error)) from error
     paths = [path for spec in args.model for path in resolve_model_paths(spec, args.runs_dir)]
@@ -190,7 +184,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.images:
         data = image_folder_data(images_dir, workers)
     else:
-        difficult = models[0].provenance.get("difficult", "ignore")
+        difficult = provenance_value(models[0].provenance, "difficult")
         data = voc_split_data(voc_root, split, difficult, args.skip_bad_images, workers)
     log.info(
         "scoring %d image(s) of %s (%s) with %d model(s) on %s%s",

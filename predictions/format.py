@@ -7,8 +7,8 @@ Layout of the archive (N images, C classes):
                                  `Predictions.labels` is then None: a plain folder of photos)
 - `files`        str     (N,),   image paths relative to the dataset root, unique
 - `class_names`  str     (C,)
-- `provenance`   str     (),     JSON object: format_version, arch, weights, epoch, val_map,
-                                 seed, difficult, created, and anything else the writer adds
+- `provenance`   str     (),     JSON object: where the scores came from; every key, its type,
+                                 meaning and default is defined in `predictions/provenance.py`
 """
 
 from __future__ import annotations
@@ -22,22 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from predictions.provenance import ProvenanceError, check_provenance, provenance_value
 from vocdata.atomic import atomic_write
 
 FORMAT_VERSION = 2
 # Version 1 always had labels; version 2 allows none. Both are read.
 READABLE_VERSIONS = (1, 2)
 PREDICTIONS_FILENAME = "val_predictions.npz"
-REQUIRED_PROVENANCE = (
-    "format_version",
-    "arch",
-    "weights",
-    "epoch",
-    "val_map",
-    "seed",
-    "difficult",
-    "created",
-)
 _ARRAYS = ("scores", "labels", "files", "class_names", "provenance")
 _REQUIRED_ARRAYS = {1: _ARRAYS, 2: ("scores", "files", "class_names", "provenance")}
 
@@ -116,6 +107,10 @@ class Predictions:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def provenance_value(self, name: str) -> Any:
+        """Provenance key `name`, or its documented default (predictions/provenance.py)."""
+        return provenance_value(self.provenance, name)
+
     def class_index(self, name: str) -> int:
         """Column of class `name`, with an error listing the known names."""
         try:
@@ -126,12 +121,23 @@ class Predictions:
             ) from None
 
 
+def scores_from_logits(logits: np.ndarray) -> np.ndarray:
+    """The stored scores of (N, C) logits: the sigmoid computed in float64, then float32.
+
+    Every writer goes through this one function, so a file re-scored later (`python -m
+    predictions`) matches the trainer's own file bit for bit.
+    """
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
 def save_predictions(path: str | os.PathLike[str], predictions: Predictions) -> Path:
     """Write `predictions` atomically, always in the current format version (recorded in the
     provenance); unlabelled predictions are written without a `labels` array."""
     provenance = {**predictions.provenance, "format_version": FORMAT_VERSION}
-    missing = [key for key in REQUIRED_PROVENANCE if key not in provenance]
-    _check(not missing, f"provenance lacks {', '.join(missing)}")
+    try:
+        check_provenance(provenance, writing=True)
+    except ProvenanceError as error:
+        raise PredictionsFormatError(str(error)) from None
     path = Path(path)
     arrays = {
         "scores": predictions.scores,
@@ -173,6 +179,10 @@ def load_predictions(path: str | os.PathLike[str]) -> Predictions:
     except json.JSONDecodeError as error:
         raise PredictionsFormatError(f"{path}: provenance is not valid JSON ({error})") from error
     _check(isinstance(provenance, dict), f"{path}: provenance must be a JSON object")
+    try:
+        check_provenance(provenance)
+    except ProvenanceError as error:
+        raise PredictionsFormatError(f"{path}: {error}") from None
     version = provenance.get("format_version")
     _check(
         version in READABLE_VERSIONS,

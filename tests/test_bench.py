@@ -6,9 +6,10 @@ import torch
 
 from training import bench
 from training.config import TrainConfig
-from training.loop import Runtime, StepTimes, train_one_epoch
+from training.loop import StepTimes, train_one_epoch
 from training.model import build_classifier
 from training.optim import build_optimizer, build_scheduler
+from training.runtime import Runtime
 
 
 def _batches(count: int = 3, size: int = 4) -> list[tuple[torch.Tensor, ...]]:

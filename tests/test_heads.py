@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import main_train
-import training.frozen
+import training.features
 from evaluation.metrics import per_class_average_precision
 from predictions import load_predictions
 from tests.voc_fixture import tiny_run_args
@@ -237,13 +237,13 @@ def test_imagenet_head_with_weights_none_is_a_clear_error(tiny_voc, tmp_path, ca
 
 def test_frozen_features_are_computed_once_and_reused(tiny_voc, tmp_path, monkeypatch):
     passes: list[int] = []
-    extract = training.frozen.extract_features
+    extract = training.features.extract_features
 
     def counting(model, dataset, *args, **kwargs):
         passes.append(len(dataset))
         return extract(model, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(training.frozen, "extract_features", counting)
+    monkeypatch.setattr(training.features, "extract_features", counting)
     runs = tmp_path / "runs"
     extra = ("--freeze-backbone", "--epochs", "1")
     assert main_train.main(tiny_run_args(tiny_voc.root, runs, *LITE0, *extra)) == 0

@@ -170,3 +170,67 @@ def test_light_modules_do_not_load_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT)
     assert result.returncode == 0, f"importing {module} loads torch"
+
+
+def _training_module_graph() -> dict[str, set[str]]:
+    """Module -> the training modules it imports (module level or lazily), `__init__` and the
+    entry points left out: the package's own layering."""
+    modules = {
+        _module_name(path)
+        for path in _source_files()
+        if path.startswith("training/") and not path.endswith("__init__.py")
+    }
+    graph: dict[str, set[str]] = {module: set() for module in modules}
+    for path in _source_files():
+        source = _module_name(path)
+        if source not in graph:
+            continue
+        for edge in _edges(path):
+            # `from training.trainer import Trainer` names training.trainer.Trainer too: keep
+            # the longest name that is a module.
+            target = max(
+                (m for m in modules if edge.target == m or edge.target.startswith(m + ".")),
+                key=len,
+                default=None,
+            )
+            if target is not None and target != source:
+                graph[source].add(target)
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` (a list of modules, first = last), or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return [*stack[stack.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    """Guards the next test: the finder must see a circle, lazy or not."""
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_circle_inside_training():
+    """Within training/, imports point one way (lazy imports count too): the trainer knows
+    nothing of k-fold runs, and only `training.run` dispatches between the two."""
+    graph = _training_module_graph()
+    assert "training.crossval" in graph and "training.trainer" in graph["training.crossval"]
+    assert _find_cycle(graph) is None, " -> ".join(_find_cycle(graph))
+    assert "training.crossval" not in graph["training.trainer"]

@@ -27,13 +27,9 @@ from torchvision import transforms as T
 from training.backbones import BACKBONES, create_imagenet_network, get_backbone
 from training.config import TrainConfig
 from training.distributed import DistContext
-from training.loop import Runtime, StepTimes, predict, train_one_epoch
-from training.trainer import (
-    TrainingParts,
-    build_training_parts,
-    configure_determinism,
-    pick_runtime,
-)
+from training.loop import StepTimes, predict, train_one_epoch
+from training.runtime import Runtime, configure_determinism
+from training.trainer import TrainingParts, build_training_parts, runtime_for
 from vocdata.classes import NUM_CLASSES
 from vocdata.options import (
     add_arch_option,
@@ -200,8 +196,8 @@ class OurSetup:
 
 def our_setup(config: TrainConfig, voc_root: Path) -> OurSetup:
     context = DistContext()
-    runtime = pick_runtime(config, context)
-    configure_determinism(config, runtime)
+    runtime = runtime_for(config, context)
+    configure_determinism(runtime, config.cudnn_benchmark, config.deterministic)
     parts = build_training_parts(config, runtime, context, voc_root)
     model = torch.compile(parts.model) if config.compile else parts.model
     return OurSetup(config, runtime, parts, model)
@@ -352,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         cudnn_benchmark=args.cudnn_benchmark,
         freeze_backbone=False,  # the benchmark times fine-tuning steps
     )
-    runtime = pick_runtime(base, DistContext())
+    runtime = runtime_for(base, DistContext())
     batches = (
         args.batches if args.batches is not None else (None if runtime.device.type == "cuda" else 8)
     )

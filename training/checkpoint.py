@@ -9,9 +9,12 @@ Two files per run:
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 import random
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,20 @@ import torch
 from torch import nn
 
 from training.model import MultiLabelClassifier, build_classifier
+from training.runfolder import RunFolderError
 from vocdata.atomic import atomic_write
+from vocdata.paths import display_path
 
-LAST_CHECKPOINT = "checkpoint_last.pt"
-BEST_MODEL = "model_best.pt"
 MODEL_FORMAT = "voc-multilabel-classifier/1"
+# What torch.load and load_state_dict raise for a damaged or foreign checkpoint.
+UNREADABLE_CHECKPOINT = (
+    RuntimeError,
+    ValueError,
+    EOFError,
+    pickle.PickleError,
+    KeyError,
+    TypeError,
+)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -115,3 +127,62 @@ def load_model(
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model, saved
+
+
+@dataclass
+class TrainState:
+    """What the epoch loop carries from one epoch to the next (and across a resume)."""
+
+    epoch: int = 0  # last completed epoch
+    best_map: float = -math.inf
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    state: TrainState,
+    config: Any,
+) -> None:
+    """`checkpoint_last.pt`: everything `load_training_state` needs to continue exactly."""
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "state": asdict(state),
+            "config": asdict(config),
+        },
+        path,
+    )
+
+
+def load_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> TrainState:
+    """Restore model, optimizer, scheduler, scaler and RNG states from `path` in place and
+    return the epoch loop's state; a damaged or foreign file is a RunFolderError."""
+    try:
+        saved = load_trusted(path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        restore_rng_state(saved["rng"])
+        return TrainState(**saved["state"])
+    except UNREADABLE_CHECKPOINT as error:
+        raise RunFolderError(
+            f"Cannot resume from {display_path(path)}: it is damaged or was written for "
+            f"another network ({str(error).splitlines()[0][:200]}). Start a new run "
+            f"without --resume"
+        ) from error

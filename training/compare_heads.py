@@ -35,10 +35,12 @@ from torch.utils.data import DataLoader
 from evaluation.metrics import UndefinedAPWarning, per_class_average_precision
 from evaluation.tables import markdown_table
 from predictions import PREDICTIONS_FILENAME, load_predictions
-from training.checkpoint import BEST_MODEL, load_model
+from predictions.runs import BEST_MODEL_FILENAME
+from training import run
+from training.checkpoint import load_model
 from training.config import config_from_argv
-from training.loop import Runtime, predict
-from training.trainer import run
+from training.loop import predict
+from training.runtime import Runtime
 from vocdata.cache import open_or_build_cache
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification
@@ -90,7 +92,7 @@ def rescore(
     run_dir: Path, voc_root: Path, cache_dir: str | None, device: torch.device, workers: int
 ) -> dict[str, np.ndarray]:
     """Val sigmoid scores of the run's best model, without and with flip TTA."""
-    model, saved = load_model(run_dir / BEST_MODEL)
+    model, saved = load_model(run_dir / BEST_MODEL_FILENAME)
     model.to(device)
     split = read_split(voc_root, "val")
     cache = None

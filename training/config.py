@@ -23,12 +23,17 @@ from predictions.runs import (
 )
 from training.backbones import BACKBONES
 from training.config_checks import CHOICES, ConfigError, problems
+from training.runtime import AMP_MODES
 from vocdata.options import (
+    add_amp_option,
     add_arch_option,
     add_cache_dir_option,
+    add_channels_last_option,
     add_device_option,
+    add_progress_option,
     add_runs_dir_option,
     add_voc_root_option,
+    add_workers_option,
     none_or_value,
 )
 from vocdata.paths import project_relative
@@ -111,6 +116,11 @@ class TrainConfig:
             found.append(
                 "--freeze-backbone with --weights none: a random backbone has nothing to keep; "
                 "drop --freeze-backbone (or pass --no-freeze-backbone) to train it"
+            )
+        if (self.freeze_backbone or self.lp_ft) and under_torchrun():
+            found.append(
+                "--freeze-backbone and --lp-ft train the head on cached features in one "
+                "process: run them without torchrun, or fine-tune (--no-freeze-backbone)"
             )
         if self.freeze_backbone and self.lp_ft:
             found.append(
@@ -287,25 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     machine = parser.add_argument_group("machine")
     add_device_option(machine, d.device)
-    machine.add_argument(
-        "--workers",
-        type=int,
-        default=-1,
-        help="data-loading processes (-1: one per core, at most 8; 0: load in the main process)",
-    )
-    machine.add_argument(
-        "--amp",
-        choices=CHOICES["amp"],
-        default=d.amp,
-        help="mixed precision on CUDA: auto = bf16 where supported, else fp16 "
-        "with loss scaling; always off on the CPU",
-    )
-    machine.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=d.channels_last,
-        help="NHWC memory layout on CUDA (faster convolutions)",
-    )
+    add_workers_option(machine)
+    add_amp_option(machine, AMP_MODES, d.amp)
+    add_channels_last_option(machine, d.channels_last)
     machine.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -367,12 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<run>/folds/<k>/, each with its epoch chosen on its own held-out fold only; the val "
         "split is scored once, by the average of the K models, and never used for a choice",
     )
-    book.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=d.progress,
-        help="progress bars",
-    )
+    add_progress_option(book, d.progress)
     return parser
 
 

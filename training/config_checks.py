@@ -22,6 +22,7 @@ from predictions.runs import RESERVED_NAMES
 from training.backbones import BACKBONES
 from training.heads import HEAD_KINDS
 from training.loop import TTA_MODES
+from training.runtime import AMP_MODES
 from vocdata.paths import resolve_project_path
 from vocdata.splits import DifficultMode
 
@@ -30,7 +31,7 @@ CHOICES = {
     "difficult": tuple(mode.value for mode in DifficultMode),
     "arch": tuple(BACKBONES),
     "optimizer": ("adamw", "sgd"),
-    "amp": ("auto", "bf16", "fp16", "off"),
+    "amp": AMP_MODES,
     "head": ("auto", *HEAD_KINDS),
     "tta": TTA_MODES,
 }

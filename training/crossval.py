@@ -24,24 +24,18 @@ at the fold and epoch where it stopped.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from evaluation.metrics import (
-    UndefinedAPWarning,
-    mean_average_precision,
-    per_class_average_precision,
-)
+from evaluation.metrics import split_average_precision
+from evaluation.tables import format_number
 from predictions import (
     PREDICTIONS_FILENAME,
     Predictions,
@@ -50,7 +44,15 @@ from predictions import (
     write_latest_pointer,
 )
 from predictions.ensemble import DEFAULT_AVERAGING_RULE, combine_scores
-from training.checkpoint import BEST_MODEL, LAST_CHECKPOINT, ModelHook, load_trusted
+from predictions.runs import (
+    BEST_MODEL_FILENAME,
+    CROSSVAL_FILENAME,
+    FOLD_SUMMARY_FILENAME,
+    FOLDS_FILENAME,
+    HISTORY_FILENAME,
+    LAST_CHECKPOINT_FILENAME,
+)
+from training.checkpoint import ModelHook, load_trusted
 from training.config import TrainConfig
 from training.distributed import (
     DistContext,
@@ -59,35 +61,25 @@ from training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from training.folds import (
-    FOLDS_FILENAME,
-    Fold,
-    FoldsError,
-    assign_folds,
-    load_folds,
-    make_folds,
-    save_folds,
-)
-from training.trainer import (
-    HISTORY_FILENAME,
-    Trainer,
+from training.folds import Fold, FoldsError, assign_folds, load_folds, make_folds, save_folds
+from training.records import finite_or_none, now_iso, positives_per_class
+from training.runfolder import (
     TrainingInterrupted,
-    _attach_log_file,
-    _finite_or_none,
-    _new_run_dir,
-    _write_config,
-    _write_json,
+    attach_log_file,
+    create_run_dir,
+    detach_log_file,
+    write_config,
+    write_history,
 )
+from training.trainer import Trainer
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import load_split_checked
 from vocdata.download import ensure_voc_root
+from vocdata.jsonio import JsonFileError, read_json, write_json
 from vocdata.paths import project_relative, resolve_project_path
 from vocdata.splits import VocSplit, resolve_voc_root
 
 log = logging.getLogger("training.crossval")
-
-CROSSVAL_FILENAME = "crossval.json"
-FOLD_SUMMARY_FILENAME = "fold.json"
 
 
 @dataclass
@@ -115,11 +107,9 @@ def cv_estimate(heldout_maps: list[float | None]) -> tuple[float, float]:
 
 
 def _val_map(scores: np.ndarray, split: VocSplit, difficult: str) -> tuple[float | None, int]:
-    with warnings.catch_warnings():  # the undefined classes were named when training started
-        warnings.simplefilter("ignore", UndefinedAPWarning)
-        per_class = per_class_average_precision(scores, split.labels, VOC_CLASSES, difficult)
-    result = mean_average_precision(per_class)
-    return _finite_or_none(result.value), result.num_classes
+    """mAP of `scores` on `split` (the undefined classes were named when training started)."""
+    mean = split_average_precision(scores, split.labels, VOC_CLASSES, difficult).mean
+    return finite_or_none(mean.value), mean.num_classes
 
 
 def _finished(fold: Fold, epochs: int) -> FoldResult | None:
@@ -127,7 +117,7 @@ def _finished(fold: Fold, epochs: int) -> FoldResult | None:
     summary = fold.run_dir / FOLD_SUMMARY_FILENAME
     if not (summary.is_file() and (fold.run_dir / PREDICTIONS_FILENAME).is_file()):
         return None
-    result = FoldResult(**json.loads(summary.read_text()))
+    result = FoldResult(**read_json(summary, "a fold model's fold.json", dict))
     return result if result.epochs >= epochs else None
 
 
@@ -136,14 +126,14 @@ def _save_fold_val(trainer: Trainer, scores: np.ndarray) -> FoldResult:
     fold, split = trainer.fold, trainer.data.test_split
     assert fold is not None and split is not None
     val_map, val_classes = _val_map(scores, split, trainer.config.difficult)
-    provenance = dict(load_trusted(fold.run_dir / BEST_MODEL)["provenance"])
+    provenance = dict(load_trusted(fold.run_dir / BEST_MODEL_FILENAME)["provenance"])
     provenance.update(
         split="val",
         val_map=val_map,
         val_map_classes=val_classes,
         val_images=len(split),
         selected_on=fold.label,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=now_iso(),
     )
     save_predictions(
         fold.run_dir / PREDICTIONS_FILENAME,
@@ -164,9 +154,11 @@ def _save_fold_val(trainer: Trainer, scores: np.ndarray) -> FoldResult:
         heldout_images=len(fold.held_out_rows),
         train_images=len(fold.train_rows),
         val_map_alone=val_map,
-        model=(fold.run_dir / BEST_MODEL).relative_to(fold.run_dir.parent.parent).as_posix(),
+        model=(fold.run_dir / BEST_MODEL_FILENAME)
+        .relative_to(fold.run_dir.parent.parent)
+        .as_posix(),
     )
-    _write_json(fold.run_dir / FOLD_SUMMARY_FILENAME, asdict(result))
+    write_json(fold.run_dir / FOLD_SUMMARY_FILENAME, asdict(result))
     return result
 
 
@@ -176,9 +168,9 @@ def _write_combined_history(run_dir: Path, folds: list[Fold]) -> None:
     for fold in folds:
         path = fold.run_dir / HISTORY_FILENAME
         if path.is_file():
-            for record in json.loads(path.read_text()):
+            for record in read_json(path, "a fold model's history.json", list):
                 combined.append({"fold": fold.number, "scored_on": fold.label, **record})
-    _write_json(run_dir / HISTORY_FILENAME, combined)
+    write_history(run_dir, combined)
 
 
 def _write_ensemble(
@@ -204,8 +196,8 @@ def _write_ensemble(
         "fold_heldout_map": [r.heldout_map for r in results],
         "fold_heldout_map_classes": [r.heldout_map_classes for r in results],
         "fold_val_map_alone": [r.val_map_alone for r in results],
-        "cv_map_mean": _finite_or_none(mean),
-        "cv_map_std": _finite_or_none(std),
+        "cv_map_mean": finite_or_none(mean),
+        "cv_map_std": finite_or_none(std),
         "ensemble_val_map": val_map,
         "ensemble_val_map_classes": val_classes,
     }
@@ -221,17 +213,15 @@ def _write_ensemble(
         selected_on="each fold model's own held-out fold of the train split; never val",
         train_images=len(full_train),
         val_images=len(val_split),
-        train_positives=dict(
-            zip(VOC_CLASSES, (full_train.labels == 1).sum(0).tolist(), strict=True)
-        ),
+        train_positives=positives_per_class(full_train),
         run=project_relative(run_dir),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=now_iso(),
     )
     save_predictions(
         run_dir / PREDICTIONS_FILENAME,
         Predictions(scores, first.labels, first.files, first.class_names, provenance),
     )
-    _write_json(run_dir / CROSSVAL_FILENAME, {**summary, "wall_seconds_last_session": seconds})
+    write_json(run_dir / CROSSVAL_FILENAME, {**summary, "wall_seconds_last_session": seconds})
     write_latest_pointer(config.runs_dir, run_dir)
     return summary
 
@@ -239,9 +229,7 @@ def _write_ensemble(
 def summary_line(summary: dict[str, Any], seconds: float, resumed: bool = False) -> str:
     """One line for the console: the CV estimate, the ensemble's val mAP and the wall time."""
 
-    def fmt(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.4f}"
-
+    fmt = format_number
     folds = ", ".join(fmt(v) for v in summary["fold_heldout_map"])
     return (
         f"{summary['folds']}-fold CV on train: held-out mAP {fmt(summary['cv_map_mean'])} ± "
@@ -266,7 +254,7 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
         run_dir = resolve_project_path(config.resume)
         assignment = load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
         if context.is_main:  # with the options given again (e.g. a larger --epochs)
-            _write_config(run_dir, config)
+            write_config(run_dir, config)
         return run_dir, full_train, assignment
     targets, _ = full_train.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, config.folds, config.seed)
@@ -278,10 +266,10 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
             f"lower --batch-size or --folds."
         )
     run_dir = Path(
-        broadcast_object(str(_new_run_dir(config)) if context.is_main else None, context)
+        broadcast_object(str(create_run_dir(config)) if context.is_main else None, context)
     )
     if context.is_main:
-        # _new_run_dir wrote config.json and the last-started pointer (--resume latest)
+        # create_run_dir wrote config.json and the last-started pointer (--resume latest)
         save_folds(run_dir / FOLDS_FILENAME, full_train, assignment, config.seed, config.difficult)
     return run_dir, full_train, assignment
 
@@ -296,7 +284,7 @@ def run_cross_validation(
     try:
         run_dir, full_train, assignment = _prepare_run(config, context)
         if context.is_main:
-            handler = _attach_log_file(run_dir)
+            handler = attach_log_file(run_dir)
             log.info(
                 "%d-fold cross-validation in %s; the val split is scored only by the final "
                 "ensemble",
@@ -317,9 +305,7 @@ def run_cross_validation(
         barrier(context)
         return run_dir
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        detach_log_file(handler)
         shutdown_distributed(context)
 
 
@@ -343,7 +329,7 @@ def _train_folds(
             continue
         if session_left is not None and session_left <= 0:
             return _stopped(fold, run_dir)
-        resumable = broadcast_object((fold.run_dir / LAST_CHECKPOINT).is_file(), context)
+        resumable = broadcast_object((fold.run_dir / LAST_CHECKPOINT_FILENAME).is_file(), context)
         fold_config = replace(
             config, resume=str(fold.run_dir) if resumable else None, stop_after=session_left
         )
@@ -357,7 +343,7 @@ def _train_folds(
             session_left -= trainer.state.epoch - epochs_before
         if trainer.state.epoch < config.epochs:
             return _stopped(fold, run_dir)
-        if not (fold.run_dir / BEST_MODEL).is_file():
+        if not (fold.run_dir / BEST_MODEL_FILENAME).is_file():
             raise FoldsError(
                 f"fold {fold.number} saved no model: no epoch had a defined held-out mAP"
             )
@@ -372,8 +358,8 @@ def _train_folds(
 def _epochs_done(run_dir: Path) -> int:
     """Epochs finished over all folds so far (from the combined history; 0 if none yet)."""
     try:
-        return len(json.loads((run_dir / HISTORY_FILENAME).read_text()))
-    except (OSError, ValueError):
+        return len(read_json(run_dir / HISTORY_FILENAME, "a run's history.json", list))
+    except JsonFileError:
         return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.config import TrainConfig
 from training.distributed import DistContext, barrier
@@ -62,10 +62,18 @@ def _rows_mask(rows: np.ndarray, size: int) -> np.ndarray:
     return keep
 
 
-def _loader(
-    dataset, sampler, config: TrainConfig, batch_size: int, pin_memory: bool, drop_last: bool
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    pin_memory: bool,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
-    workers = config.workers
+    """The one way this project builds a DataLoader: persistent workers with a deep prefetch
+    queue, seeded workers and generator, pinned memory on CUDA."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -76,8 +84,49 @@ def _loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
+
+
+def eval_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    pin_memory: bool,
+    context: DistContext | None = None,
+) -> DataLoader:
+    """Rows in dataset order (never shuffled), each process its share: the loader of every
+    split that is only scored (validation, a fold's held-out part, `python -m predictions`)."""
+    context = context or DistContext()
+    sampler = EpochSampler(
+        len(dataset),
+        seed,
+        shuffle=False,
+        with_seeds=False,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
+    return make_loader(
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        seed=seed,
+        pin_memory=pin_memory,
+        sampler=sampler,
+    )
+
+
+def eval_view(dataset: Dataset, voc_root: Path, difficult: str, image_size: int) -> Dataset:
+    """The same rows as a training loader's `dataset`, with the evaluation transform (no
+    augmentation): what frozen features are computed from. A fold run's rows are a subset of
+    the train split, read through the whole split's image cache."""
+    base = dataset.dataset if isinstance(dataset, RowSubset) else dataset
+    view = VocClassification(
+        voc_root, base.split, difficult, eval_transform(image_size), base.image_cache
+    )
+    return RowSubset(view, dataset.rows) if isinstance(dataset, RowSubset) else view
 
 
 def _split_cache(
@@ -98,22 +147,6 @@ def _split_cache(
     if not context.is_main:
         cache = open_or_build_cache(*arguments, progress=False)
     return cache
-
-
-def _eval_loader(
-    dataset: Dataset, config: TrainConfig, context: DistContext, pin_memory: bool
-) -> DataLoader:
-    """Rows in split order (never shuffled), each process its share, twice the training
-    batch (no gradients are kept): the loader of every split that is only scored."""
-    sampler = EpochSampler(
-        len(dataset),
-        config.seed,
-        shuffle=False,
-        with_seeds=False,
-        rank=context.rank,
-        world_size=context.world_size,
-    )
-    return _loader(dataset, sampler, config, 2 * config.batch_size, pin_memory, drop_last=False)
 
 
 def build_run_data(
@@ -171,16 +204,32 @@ def build_run_data(
         rank=context.rank,
         world_size=context.world_size,
     )
-    test_loader = None if test_set is None else _eval_loader(test_set, config, context, pin_memory)
+
+    def scored(dataset: Dataset) -> DataLoader:  # twice the batch: no gradients are kept
+        return eval_loader(
+            dataset,
+            batch_size=2 * config.batch_size,
+            workers=config.workers,
+            seed=config.seed,
+            pin_memory=pin_memory,
+            context=context,
+        )
+
     return RunData(
         voc_root=voc_root,
         train_split=train_split,
         val_split=val_split,
-        train_loader=_loader(
-            train_set, train_sampler, config, config.batch_size, pin_memory, drop_last=True
+        train_loader=make_loader(
+            train_set,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            seed=config.seed,
+            pin_memory=pin_memory,
+            sampler=train_sampler,
+            drop_last=True,
         ),
-        val_loader=_eval_loader(val_set, config, context, pin_memory),
+        val_loader=scored(val_set),
         train_sampler=train_sampler,
         test_split=test_split,
-        test_loader=test_loader,
+        test_loader=None if test_set is None else scored(test_set),
     )

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
+from predictions.runs import FOLDS_DIRNAME
 from vocdata.atomic import atomic_write
 from vocdata.errors import VocDataError
+from vocdata.jsonio import read_json
 from vocdata.splits import VocSplit
 
-FOLDS_FILENAME = "folds.json"
-FOLDS_SUBDIR = "folds"
 METHOD = "iterstrat.MultilabelStratifiedKFold(shuffle=True, random_state=seed)"
 
 
@@ -76,7 +76,7 @@ def make_folds(assignment: np.ndarray, run_dir: Path) -> list[Fold]:
             count=count,
             train_rows=np.flatnonzero(assignment != k),
             held_out_rows=np.flatnonzero(assignment == k),
-            run_dir=Path(run_dir) / FOLDS_SUBDIR / str(k),
+            run_dir=Path(run_dir) / FOLDS_DIRNAME / str(k),
         )
         for k in range(1, count + 1)
     ]
@@ -103,7 +103,7 @@ def load_folds(path: Path, split: VocSplit, count: int) -> np.ndarray:
             f"{path} not found: this run was not trained with --folds, so it cannot be resumed "
             f"with --folds {count}. Resume it without --folds, or start a new run."
         )
-    data = json.loads(path.read_text())
+    data = read_json(path, "a k-fold run's folds.json", dict)
     if data["folds"] != count:
         raise FoldsError(
             f"this run was trained with --folds {data['folds']}; resume it with that (or "

@@ -1,134 +1,34 @@
-"""Training only the head, on backbone features computed once per image and cached.
+"""The recipes that train only the head, on cached backbone features (`training/features.py`).
 
-With the backbone frozen, every epoch would push the same images through the same network:
-on a CPU that is nearly all of the time. Instead each image is passed through once in eval
-mode (the evaluation resize and centre crop), and once mirrored, and the head's input (the
-pooled features) is kept. Horizontal flip is then the only augmentation: each epoch picks,
-per image, the plain or the mirrored features. A whole training costs about one pass over
-the images; validation reads the cached features of the val split the same way (with
-`--tta hflip`: the mean of both views' logits, as `training.loop.predict` computes).
+- `--freeze-backbone` (the default recipe): every epoch trains the head on the cached
+  features; horizontal flip is the only augmentation (each image's plain or mirrored features,
+  drawn per epoch); validation reads the val split's cached features (with `--tta hflip`: the
+  mean of both views' logits, as `training.loop.predict` computes it on images).
+- `--lp-ft`, first stage: the linear probe, the same head epochs, before the whole network is
+  fine-tuned from there (`Trainer` does the second stage).
 
-The cache (`<cache-dir>/features/`) is keyed like the image cache (dataset root, files,
-their sizes and modification times) plus the image size and a digest of the backbone's
-weights, so a changed image, size or network never reuses stale features.
+A whole training costs about one pass over the images.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from training.loop import Runtime
-from training.loss import masked_bce_with_logits
+from training.config import TrainConfig
+from training.features import FeatureSet
+from training.loss import masked_bce_terms, masked_bce_with_logits
 from training.model import MultiLabelClassifier
-from vocdata.atomic import atomic_write
-from vocdata.cache import cache_key
+from training.optim import build_optimizer, build_scheduler
+from training.seed import derive_seed
+from vocdata.splits import VocSplit
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("training")
 
-FEATURES_VERSION = 1
-
-
-@dataclass
-class FeatureSet:
-    """Pooled backbone features of one split in split order: plain and mirrored views."""
-
-    plain: torch.Tensor  # (N, F) float32
-    flipped: torch.Tensor  # (N, F) float32
-
-
-def backbone_digest(model: MultiLabelClassifier) -> str:
-    """sha256 of every backbone tensor except the head's: the features depend on these only."""
-    digest = hashlib.sha256()
-    head_prefix = f"{model.head_name}."
-    for name, tensor in model.backbone.state_dict().items():
-        if name.startswith(head_prefix):
-            continue
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def feature_key(
-    model: MultiLabelClassifier, voc_root: Path, relative_paths: list[str], image_size: int
-) -> str:
-    parts = (
-        f"features-v{FEATURES_VERSION}|{image_size}|{backbone_digest(model)}|"
-        f"{cache_key(voc_root, relative_paths, image_size)}"
-    )
-    return hashlib.sha256(parts.encode()).hexdigest()
-
-
-@torch.inference_mode()
-def extract_features(
-    model: MultiLabelClassifier,
-    dataset: Dataset,
-    runtime: Runtime,
-    batch_size: int,
-    workers: int,
-    progress: bool = True,
-    description: str = "features",
-) -> FeatureSet:
-    """One eval-mode pass over `dataset` (in order), plain and mirrored: the head's inputs."""
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    plain, flipped = [], []
-    for images, *_ in tqdm(loader, desc=description, leave=False, disable=not progress):
-        images = runtime.images_to_device(images)
-        with runtime.autocast():
-            plain.append(model.forward_with_features(images)[1].float().cpu())
-            mirrored = torch.flip(images, dims=(-1,))
-            flipped.append(model.forward_with_features(mirrored)[1].float().cpu())
-    return FeatureSet(torch.cat(plain), torch.cat(flipped))
-
-
-def cached_features(
-    model: MultiLabelClassifier,
-    dataset: Dataset,
-    split_name: str,
-    voc_root: Path,
-    relative_paths: list[str],
-    image_size: int,
-    cache_dir: Path | None,
-    runtime: Runtime,
-    batch_size: int,
-    workers: int,
-    progress: bool = True,
-) -> FeatureSet:
-    """The split's features from `cache_dir/features/` when the key matches, else computed
-    (and stored, unless `cache_dir` is None)."""
-    key = feature_key(model, voc_root, relative_paths, image_size)
-    path = None
-    if cache_dir is not None:
-        folder = Path(cache_dir) / "features"
-        path = folder / f"{split_name}-{image_size}px-{key[:16]}.pt"
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("key") == key:
-                log.info("feature cache hit: %s", path.name)
-                return FeatureSet(saved["plain"], saved["flipped"])
-    log.info(
-        "computing %s features of %d images once (plain and mirrored)",
-        split_name,
-        len(relative_paths),
-    )
-    features = extract_features(
-        model, dataset, runtime, batch_size, workers, progress, f"{split_name} features"
-    )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{split_name}-{image_size}px-*.pt"):
-            stale.unlink(missing_ok=True)
-        with atomic_write(path) as tmp:
-            torch.save({"key": key, "plain": features.plain, "flipped": features.flipped}, tmp)
-    return features
+LP_SEED_OFFSET = 1_000_000  # the linear probe's epochs draw seeds apart from training's
 
 
 def train_head_epoch(
@@ -178,3 +78,76 @@ def head_logits(
             plain = 0.5 * (plain + mirrored)
         out.append(plain.cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def head_epoch(
+    head: nn.Module,
+    features: FeatureSet,
+    split: VocSplit,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch_seed: int,
+    device: torch.device,
+) -> tuple[float, int]:
+    """`train_head_epoch` on `split`'s targets, in the order drawn from (seed, epoch)."""
+    targets, mask = split.targets_and_mask(config.difficult)
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch_seed))
+    return train_head_epoch(
+        head,
+        features,
+        torch.from_numpy(targets),
+        torch.from_numpy(mask),
+        optimizer,
+        scheduler,
+        config.batch_size,
+        generator,
+        device,
+    )
+
+
+def validate_on_features(
+    head: nn.Module, features: FeatureSet, split: VocSplit, config: TrainConfig, device
+) -> tuple[np.ndarray, float]:
+    """(logits, mean masked BCE) of `split` from its cached features: what validating the
+    whole network on its images gives, without the backbone pass."""
+    logits = head_logits(head, features, config.tta, device)
+    targets, mask = split.targets_and_mask(config.difficult)
+    loss = masked_bce_terms(logits, torch.from_numpy(targets), torch.from_numpy(mask))
+    return logits.numpy(), float(loss.sum()) / max(float(mask.sum()), 1.0)
+
+
+def linear_probe(
+    model: MultiLabelClassifier,
+    features: FeatureSet,
+    split: VocSplit,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    device: torch.device,
+) -> None:
+    """LP-FT's first stage: the head alone on frozen features, `--epochs` passes with the
+    head's recipe, before the whole network is fine-tuned from there."""
+    backbone = list(model.backbone_parameters())
+    for param in backbone:
+        param.requires_grad_(False)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    for epoch in range(1, config.epochs + 1):
+        loss_sum, seen = head_epoch(
+            model.head,
+            features,
+            split,
+            config,
+            optimizer,
+            scheduler,
+            LP_SEED_OFFSET + epoch,
+            device,
+        )
+    for param in backbone:
+        param.requires_grad_(True)
+    if config.epochs:
+        log.info(
+            "linear probe: %d passes on frozen features, train loss %.4f",
+            config.epochs,
+            loss_sum / max(seen, 1),
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -13,28 +12,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.loss import masked_bce_terms, masked_bce_with_logits
+from training.runtime import Runtime
 
 POSTFIX_EVERY = 10  # steps between progress-bar loss updates (each costs a device sync)
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors run: device, autocast dtype (None = float32), memory layout."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
 
 
 @dataclass

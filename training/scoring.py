@@ -24,16 +24,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from predictions import Predictions
+from predictions import Predictions, scores_from_logits
 from predictions.ensemble import DEFAULT_AVERAGING_RULE, combine_scores
-from predictions.runs import RunNotFoundError, resolve_run_dir
-from training.checkpoint import BEST_MODEL, load_model
-from training.config import TrainConfig
-from training.data import _loader
-from training.distributed import DistContext
-from training.folds import FOLDS_FILENAME, FOLDS_SUBDIR
-from training.loop import Runtime, predict
-from training.trainer import pick_runtime
+from predictions.provenance import provenance_value
+from predictions.runs import (
+    BEST_MODEL_FILENAME,
+    FOLDS_DIRNAME,
+    FOLDS_FILENAME,
+    RunNotFoundError,
+    resolve_run_dir,
+)
+from training.checkpoint import load_model
+from training.data import eval_loader
+from training.loop import predict
+from training.runtime import Runtime
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.errors import ImageReadError
@@ -86,16 +90,16 @@ def resolve_model_paths(spec: str, runs_dir: str | os.PathLike[str]) -> list[Pat
             f"No model at '{spec}': {error} Pass --model with a run folder, a model_best.pt or "
             f"'latest' (looked in {resolve_project_path(runs_dir)})."
         ) from error
-    path = run_dir / BEST_MODEL
+    path = run_dir / BEST_MODEL_FILENAME
     if path.is_file():
         return [path]
     fold_models = sorted(
-        (run_dir / FOLDS_SUBDIR).glob(f"*/{BEST_MODEL}"), key=lambda p: int(p.parent.name)
+        (run_dir / FOLDS_DIRNAME).glob(f"*/{BEST_MODEL_FILENAME}"), key=lambda p: int(p.parent.name)
     )
     if (run_dir / FOLDS_FILENAME).is_file() and fold_models:
         return fold_models
     raise ScoringError(
-        f"{run_dir} holds no {BEST_MODEL} (training saves it after the first validated "
+        f"{run_dir} holds no {BEST_MODEL_FILENAME} (training saves it after the first validated "
         f"epoch; a --folds run keeps one per fold under folds/). Pass another run to --model."
     )
 
@@ -103,7 +107,7 @@ def resolve_model_paths(spec: str, runs_dir: str | os.PathLike[str]) -> list[Pat
 def ensemble_home(paths: list[Path]) -> Path:
     """The run folder an ensemble's outputs belong to: the k-fold run when every model is one
     of its fold models, else the first model's run folder."""
-    if all(path.parent.parent.name == FOLDS_SUBDIR for path in paths):
+    if all(path.parent.parent.name == FOLDS_DIRNAME for path in paths):
         homes = {path.parent.parent.parent for path in paths}
         if len(homes) == 1:
             return homes.pop()
@@ -323,14 +327,6 @@ class ScoringResult:
     device: str
 
 
-def make_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
-    """The trainer's runtime choice (device, AMP dtype, memory layout) for one process."""
-    return pick_runtime(
-        TrainConfig(device=device, amp=amp, channels_last=channels_last, workers=0),
-        DistContext(),
-    )
-
-
 def score(
     models: list[SavedModel],
     data: ScoringData,
@@ -354,17 +350,17 @@ def score(
             f"The models predict {len(class_names)} classes but the data has labels for "
             f"{data.labels.shape[1]}."
         )
-    loader_config = TrainConfig(workers=workers, seed=0, batch_size=batch_size)
     pin_memory = runtime.device.type == "cuda"
-    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     per_model: dict[int, np.ndarray] = {}
     started = time.perf_counter()
     for image_size in sorted({m.image_size for m in models}):
         members = [i for i, m in enumerate(models) if m.image_size == image_size]
         stacked = _StackedModels([models[i].network for i in members])
-        stacked.to(runtime.device, memory_format=memory_format)
+        stacked.to(runtime.device, memory_format=runtime.memory_format)
         dataset = _RepeatedTargets(data.dataset(image_size, len(class_names)), len(members))
-        loader = _loader(dataset, None, loader_config, batch_size, pin_memory, drop_last=False)
+        loader = eval_loader(
+            dataset, batch_size=batch_size, workers=workers, seed=0, pin_memory=pin_memory
+        )
         result = predict(
             stacked,
             loader,
@@ -377,7 +373,7 @@ def score(
         logits[result.indices] = result.logits
         for slot, model_index in enumerate(members):
             columns = slice(slot * len(class_names), (slot + 1) * len(class_names))
-            per_model[model_index] = _sigmoid(logits[:, columns])
+            per_model[model_index] = scores_from_logits(logits[:, columns])
     seconds = time.perf_counter() - started
     scores = combine_scores([per_model[i] for i in range(len(models))], rule)
     provenance = scoring_provenance(models, data, rule, runtime, tta)
@@ -392,17 +388,12 @@ def score(
     return ScoringResult(predictions, seconds, rate, str(runtime.device))
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    """The trainer's float64 sigmoid, so re-scored files match its predictions bit for bit."""
-    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
-
-
 def resolve_tta(models: list[SavedModel], tta: str) -> str:
     """'auto': the test-time augmentation the models' own validation used (recorded in their
     provenance; older models: none). Models that disagree need an explicit --tta."""
     if tta != TTA_AUTO:
         return tta
-    recorded = {m.provenance.get("tta", TTA_NONE) for m in models}
+    recorded = {provenance_value(m.provenance, "tta") for m in models}
     if len(recorded) > 1:
         raise ScoringError(
             f"The models were validated with different test-time augmentation "

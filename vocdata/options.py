@@ -77,3 +77,46 @@ def add_cache_dir_option(parser: argparse.ArgumentParser, default: str | None = 
         "and resized to the evaluation scale, reused by every later epoch and run and rebuilt "
         "when the images change; about 3 GB for full VOC 2012; 'none' to decode every time",
     )
+
+
+def add_workers_option(parser: argparse.ArgumentParser, default: int = -1) -> None:
+    """`--workers`: data-loading processes."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default,
+        help="data-loading processes (-1: one per core, at most 8; 0: load in the main process)",
+    )
+
+
+def add_amp_option(
+    parser: argparse.ArgumentParser, choices: Sequence[str], default: str = "auto"
+) -> None:
+    """`--amp`, its choices given by the caller from training's runtime."""
+    parser.add_argument(
+        "--amp",
+        choices=list(choices),
+        default=default,
+        help="mixed precision on CUDA: auto = bf16 where supported, else fp16 with loss "
+        "scaling; always off on the CPU",
+    )
+
+
+def add_channels_last_option(parser: argparse.ArgumentParser, default: bool = True) -> None:
+    """`--channels-last`: the memory layout of images and convolution weights."""
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="NHWC memory layout on CUDA (faster convolutions)",
+    )
+
+
+def add_progress_option(parser: argparse.ArgumentParser, default: bool = True) -> None:
+    """`--progress`: progress bars on long work."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="progress bars",
+    )

@@ -22,7 +22,7 @@ from training.backbones import BACKBONES, WeightsUnavailableError, create_imagen
 from training.config import build_parser as trainer_parser
 from training.config import config_from_argv
 from training.config_checks import FIELD_CHECKS, ConfigError
-from training.trainer import RunFolderError
+from training.runfolder import RunFolderError
 from vocdata.atomic import atomic_write
 from vocdata.errors import VocDataError, describe_os_error
 from vocdata.options import add_device_option
