@@ -146,9 +146,20 @@ class RunFolder:
         return str(self.predictions.provenance.get("difficult"))
 
     @property
+    def is_fold_model(self) -> bool:
+        """One fold model of a k-fold run (`<run>/folds/<k>/`): its history is held-out."""
+        return "fold" in self.predictions.provenance
+
+    @property
     def is_cross_validated(self) -> bool:
+        """A k-fold run: its predictions are the ensemble of its fold models."""
         folds = self.options.get("folds", self.predictions.provenance.get("folds"))
-        return isinstance(folds, int) and not isinstance(folds, bool) and folds > 1
+        return (
+            not self.is_fold_model
+            and isinstance(folds, int)
+            and not isinstance(folds, bool)
+            and folds > 1
+        )
 
 
 def read_run(run_dir: Path, name: str) -> RunFolder:
@@ -197,10 +208,20 @@ def read_run(run_dir: Path, name: str) -> RunFolder:
     return RunFolder(name, run_dir, options, history, predictions, crossval)
 
 
-def run_names(run_dirs: Sequence[Path]) -> list[str]:
-    """Folder names, or the displayed paths where two runs share a folder name."""
-    names = [path.name for path in run_dirs]
-    return [display_path(path) if names.count(path.name) > 1 else path.name for path in run_dirs]
+def run_names(run_dirs: Sequence[Path], runs_dir: str = DEFAULT_RUNS_DIR) -> list[str]:
+    """How the runs are called in the comparison: the path inside `runs_dir` (a fold model:
+    `<run>/folds/<k>`), else the folder name; the displayed path where two names collide."""
+    base = resolve_project_path(runs_dir).resolve()
+
+    def short(path: Path) -> str:
+        resolved = path.resolve()
+        return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else path.name
+
+    names = [short(path) for path in run_dirs]
+    return [
+        display_path(path) if names.count(name) > 1 else name
+        for path, name in zip(run_dirs, names, strict=True)
+    ]
 
 
 # -- comparable or not -----------------------------------------------------------------------
@@ -299,7 +320,9 @@ class RunMeasures:
 
 def _map_curve(run: RunFolder, val_map: float) -> MapCurve:
     records = [
-        r for r in run.history if _number(r.get("epoch")) is not None and _number(r.get("val_map"))
+        r
+        for r in run.history
+        if _number(r.get("epoch")) is not None and _number(r.get("val_map")) is not None
     ]
     if run.is_cross_validated:  # each fold's val_* was measured on its held-out fold
         by_epoch: dict[int, list[float]] = {}
@@ -310,7 +333,7 @@ def _map_curve(run: RunFolder, val_map: float) -> MapCurve:
             run.name,
             epochs,
             [float(np.mean(by_epoch[e])) for e in epochs],
-            held_out=True,
+            held_out="held-out mAP, mean over its folds",
             ensemble_val_map=val_map,
         )
     epoch = run.predictions.provenance.get("epoch")
@@ -318,6 +341,7 @@ def _map_curve(run: RunFolder, val_map: float) -> MapCurve:
         run.name,
         [int(r["epoch"]) for r in records],
         [float(r["val_map"]) for r in records],
+        held_out="held-out mAP of its fold" if run.is_fold_model else None,
         marked=epoch if isinstance(epoch, int) else None,
     )
 
@@ -545,12 +569,15 @@ def _markdown(
 
 
 def _json_value(value: Any) -> Any:
+    """`value` as strict JSON: NaN and infinity (which a damaged input file may hold) as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.floating | np.integer):
         return _json_value(value.item())
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
     return value
 
 
@@ -591,6 +618,12 @@ def write_comparison(
     grid = comparison_table(grid_rows(runs, measures))
     if any(run.is_cross_validated for run in runs):
         grid.notes.append("val mAP of a k-fold run is its ensemble's (the fold models averaged).")
+    fold_models = [run.name for run in runs if run.is_fold_model]
+    if fold_models:
+        grid.notes.append(
+            f"Fold models of a k-fold run: {', '.join(fold_models)}; the val mAP of each is that "
+            "model alone, its epoch chosen on its held-out fold."
+        )
     per_class = per_class_table(runs, measures, class_names)
     undefined = [n for c, n in enumerate(class_names) if np.isnan(measures[0].ap[c])]
     data_line = _data_line(runs, undefined)
@@ -659,7 +692,7 @@ def compare_runs(
     Errors for people: ComparisonError, JsonFileError, PredictionsFormatError,
     RunNotFoundError."""
     run_dirs = resolve_runs(specs, runs_dir)
-    names = run_names(run_dirs)
+    names = run_names(run_dirs, runs_dir)
     runs = [read_run(path, name) for path, name in zip(run_dirs, names, strict=True)]
     check_comparable(runs)
     out_dir = resolve_project_path(out) if out else default_out_dir(runs_dir)

@@ -19,6 +19,15 @@ from evaluation.figures import WIDE
 
 LANDSCAPE = (11.69, 8.27)  # A4, inches
 BEST_CELL_COLOUR = "#d9f2d9"
+CELL_CHARACTERS = 40  # longer option values are cut in the PDF (the markdown has them whole)
+
+
+def plain(text: str, limit: int | None = None) -> str:
+    """`text` drawn as written: run names and option values come from files, and a `$` pair
+    would start matplotlib's math mode (or fail to parse); long values are cut."""
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def run_colours(count: int) -> list[tuple[float, float, float, float]]:
@@ -39,8 +48,8 @@ def table_page(table: MarkedTable, title: str, lines: Sequence[str] = ()) -> Fig
     ax = figure.add_axes((0.03, 0.9 - height, 0.94, height))
     ax.axis("off")
     drawn = ax.table(
-        cellText=table.cells,
-        colLabels=table.header,
+        cellText=[[plain(cell, CELL_CHARACTERS) for cell in row] for row in table.cells],
+        colLabels=[plain(title, CELL_CHARACTERS) for title in table.header],
         cellLoc="center",
         loc="upper center",
         bbox=(0, 0, 1, 1),
@@ -56,21 +65,21 @@ def table_page(table: MarkedTable, title: str, lines: Sequence[str] = ()) -> Fig
         if (row - 1, column) in table.best:
             cell.set_text_props(weight="bold")
             cell.set_facecolor(BEST_CELL_COLOUR)
-    text = [textwrap.fill(note, 150) for note in [*table.notes, "", *lines]]
+    text = [plain(textwrap.fill(note, 150)) for note in [*table.notes, "", *lines]]
     figure.text(0.04, 0.88 - height, "\n".join(text), fontsize=7.5, va="top", family="monospace")
     return figure
 
 
 @dataclass(frozen=True)
 class MapCurve:
-    """One run's mAP per epoch. `held_out`: a fold run's mean held-out mAP over its folds
-    (not measured on val), with `ensemble_val_map` its fold models' ensemble on val; `marked`:
-    the epoch whose model was kept (None for fold runs)."""
+    """One run's mAP per epoch. `held_out` says what the values measure when not val (a
+    k-fold run's mean held-out mAP over its folds, a fold model's held-out fold), drawn
+    dashed; `ensemble_val_map`: a k-fold run's ensemble on val; `marked`: the saved epoch."""
 
     name: str
     epochs: list[int]
     values: list[float]
-    held_out: bool = False
+    held_out: str | None = None
     marked: int | None = None
     ensemble_val_map: float | None = None
 
@@ -81,7 +90,7 @@ def map_curves_figure(curves: Sequence[MapCurve]) -> Figure:
     ax = figure.subplots()
     for curve, colour in zip(curves, run_colours(len(curves)), strict=True):
         style = "s--" if curve.held_out else "o-"
-        label = curve.name + (" (held-out mAP, mean over folds)" if curve.held_out else "")
+        label = plain(curve.name) + (f" ({curve.held_out})" if curve.held_out else "")
         ax.plot(curve.epochs, curve.values, style, color=colour, label=label)
         if curve.marked is not None and curve.marked in curve.epochs:
             value = curve.values[curve.epochs.index(curve.marked)]
@@ -94,15 +103,15 @@ def map_curves_figure(curves: Sequence[MapCurve]) -> Figure:
                 markersize=9,
                 color=colour,
                 markeredgecolor="k",
-                label=f"{curve.name}: ensemble of the fold models on val",
+                label=f"{plain(curve.name)}: ensemble of the fold models on val",
             )
-    held_out = any(c.held_out for c in curves)
+    held_out = any(c.held_out is not None for c in curves)
     ax.set(
         xlabel="epoch",
         ylabel="mAP",
         title="Validation mAP per epoch (* the saved epoch)"
         + (
-            "; dashed: k-fold runs on the held-out part of train, ◆ their ensemble on val"
+            "; dashed: measured on a held-out part of train, ◆ a k-fold ensemble on val"
             if held_out
             else ""
         ),
@@ -132,14 +141,14 @@ def grouped_ap_figure(
             np.nan_to_num(ap, nan=0.0),
             width,
             color=colour,
-            label=f"{name} (mAP {mean:.4f})",
+            label=f"{plain(name)} (mAP {mean:.4f})",
         )
     undefined = np.isnan(np.vstack(ap_by_run)).all(axis=0)
     for position in np.flatnonzero(undefined):
         ax.text(
             position, 0.02, "n/a: no positive", rotation=90, ha="center", va="bottom", fontsize=8
         )
-    ax.set_xticks(x, class_names, rotation=60, ha="right")
+    ax.set_xticks(x, [plain(name) for name in class_names], rotation=60, ha="right")
     ax.set(ylim=(0, 1.0), ylabel="AP", title="Average precision per class (validation)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=min(3, len(names)))
@@ -160,7 +169,7 @@ def tailacc_overlay_figure(
     for mean, count, name, colour in zip(
         means, classes, names, run_colours(len(names)), strict=True
     ):
-        ax.plot(share, mean, "o-", color=colour, label=f"{name} ({count} classes)")
+        ax.plot(share, mean, "o-", color=colour, label=f"{plain(name)} ({count} classes)")
     ax.invert_xaxis()
     ax.set(
         xlabel="share of the class's images scored above 0.5 that are kept (%)  "

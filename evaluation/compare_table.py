@@ -224,10 +224,11 @@ def _shown(rows: Sequence[GridRow], column: MetricColumn) -> bool:
 
 
 def best_rows(values: Sequence[Any], better: str, digits: int) -> list[int]:
-    """Indices of the best value (ties as printed included); none unless two are measured."""
+    """Indices of the best value (ties as printed included); none unless two are measured
+    and not all of them are equal (a best must beat someone)."""
     numbers = [_number(v) for v in values]
     measured = [(i, round(n, digits)) for i, n in enumerate(numbers) if n is not None]
-    if len(measured) < 2:
+    if len({value for _, value in measured}) < 2:
         return []
     pick = max if better == "higher" else min
     best = pick(value for _, value in measured)

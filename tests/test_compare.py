@@ -195,6 +195,8 @@ def test_best_value_per_column_is_marked():
         GridRow("c", {"lr_head": 1e-2}, {"val_map": None, "wall_seconds": 45.0}),
         GridRow("d", {"lr_head": 3e-2}, {"val_map": float("nan"), "cv_map_mean": 0.4}),
     ]
+    same = [GridRow(n, {}, {"val_map": 0.5}) for n in "xy"]
+    assert comparison_table(same).best == frozenset()  # all equal: nobody is best
     table = comparison_table(rows)
     assert table.header == ["run", "lr_head", "val mAP", "CV mAP ± std", "wall s"]
     # highest val mAP; lowest wall time, both tied rows; one CV value alone is not "best"
@@ -222,6 +224,30 @@ def test_fold_runs_show_the_cv_estimate_and_their_epochs(tmp_path):
     assert row["CV mAP ± std"] == "0.4500 ± 0.0200"
     assert row["best epoch"] == "2/1"
     assert row["wall s"] == "4.0"
+
+
+def test_text_and_numbers_from_files_are_shown_as_they_are(tmp_path):
+    """A `$` in a run name or option is drawn, not parsed as math; NaN read from a damaged
+    crossval.json becomes null in comparison.json (strict JSON), n/a in the grid."""
+    runs = tmp_path / "runs"
+    make_run(
+        runs / "cost$1$",
+        CONFIG | {"head": "$\\frac{$", "folds": 2},
+        crossval={
+            "cv_map_mean": float("nan"),
+            "cv_map_std": None,
+            "fold_epochs": [1, {"x": float("nan")}],
+        },
+    )
+    make_run(runs / "plain", CONFIG)
+    compare_runs(["cost$1$", "plain"], str(runs), str(tmp_path / "out"))
+    summary = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert summary["runs"][0]["metrics"]["cv_map_mean"] is None
+    assert summary["runs"][0]["options"]["head"] == "$\\frac{$"
+    row = dict(zip(summary["grid"]["header"], summary["grid"]["cells"][0], strict=True))
+    assert row["CV mAP ± std"] == "n/a" and row["head"] == "$\\frac{$"
+    text = pdf_text(tmp_path / "out" / "comparison.pdf")
+    assert "\ncost$1$\n" in text and "frac{$" in text
 
 
 # -- refusals -----------------------------------------------------------------------------------
