@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from evaluation import crossval
+from evaluation.compare import MARKDOWN_FILENAME, PDF_FILENAME, ComparisonError, compare_runs
 from evaluation.report import ReportInputError, ReportInputs, load_inputs, write_report
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
 from evaluation.unlabelled import write_unlabelled_report
@@ -20,6 +21,7 @@ from predictions import (
 )
 from predictions.runs import HISTORY_FILENAME
 from vocdata.atomic import probe_writable
+from vocdata.jsonio import JsonFileError
 from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import display_path, project_relative, resolve_project_path
 
@@ -90,7 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="output folder (default: <run>/report; for another predictions file "
-        "<its folder>/<its name>-report)",
+        "<its folder>/<its name>-report; with --compare a new <runs-dir>/comparisons/"
+        "<date>-<time>/, never a run's report)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN",
+        default=None,
+        help="compare two or more runs instead (run folders, names under --runs-dir, globs such "
+        "as 'lr-*', or 'latest'): comparison.md, comparison.pdf, comparison.json and PNGs with "
+        "the grid of the options that differ and the metrics, per-class AP, mAP and Tailacc "
+        "curves overlaid; runs scored on other val images, classes or difficult modes are "
+        "refused. Uses --runs-dir, --out, --thresholds",
     )
     return parser
 
@@ -150,9 +164,38 @@ def check_writable(out_dir: Path) -> None:
         ) from error
 
 
+def compare(args: argparse.Namespace) -> int:
+    """`--compare RUN [RUN ...]`: the comparison folder of several runs (evaluation/compare.py)."""
+    try:
+        result = compare_runs(args.compare, args.runs_dir, args.out, args.thresholds)
+    except (ComparisonError, JsonFileError, PredictionsFormatError, RunNotFoundError) as error:
+        logging.getLogger("evaluation").error("%s", error.args[0] if error.args else error)
+        return 2
+    except OSError as error:  # e.g. the disk filled up while writing the figures
+        logging.getLogger("evaluation").error(
+            "cannot write %s (%s): pass --out with a writable folder",
+            error.filename or "the comparison",
+            error.strerror or error,
+        )
+        return 2
+    print(result.grid.markdown())
+    print(f"comparison: {display_path(result.out_dir / PDF_FILENAME)} and {MARKDOWN_FILENAME}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.compare is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("run", "predictions", "classes", "difficult", "voc_root")
+            if getattr(args, name) is not None
+        ]
+        if given:
+            parser.error(f"--compare reads each run's own predictions: drop {', '.join(given)}")
+        return compare(args)
     try:
         predictions = resolve_project_path(args.predictions) if args.predictions else None
         run_dir = pick_run_dir(args.run, args.runs_dir, predictions)

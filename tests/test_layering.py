@@ -22,8 +22,20 @@ PACKAGES = ("vocdata", "training", "predictions", "evaluation", "gui", "wsconv")
 # The metrics are pure numpy, low in the house: training validates with them, the GUI shows
 # them. The rest of evaluation (report, figures, grids) is used by nobody below it.
 METRICS = {"evaluation.metrics", "evaluation.ranking", "evaluation.tailacc"}
-REPORT = {"evaluation.report", "evaluation.figures", "evaluation.grids"}
-LOW_MODULES = METRICS | {"evaluation.tables", "predictions.format", "predictions.ensemble"}
+REPORT = {
+    "evaluation.report",
+    "evaluation.figures",
+    "evaluation.grids",
+    "evaluation.compare",
+    "evaluation.compare_figures",
+}
+# The comparison grid is pure text like the tables, so a sweep in training/ may print it.
+LOW_MODULES = METRICS | {
+    "evaluation.tables",
+    "evaluation.compare_table",
+    "predictions.format",
+    "predictions.ensemble",
+}
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,15 @@ def test_gui_loads_a_model_only_lazily_through_load_model():
 
 
 @pytest.mark.parametrize(
-    "module", ["predictions", "predictions.format", "evaluation.metrics", "gui.model", "vocdata"]
+    "module",
+    [
+        "predictions",
+        "predictions.format",
+        "evaluation.metrics",
+        "evaluation.compare_table",
+        "gui.model",
+        "vocdata",
+    ],
 )
 def test_light_modules_do_not_load_torch(module):
     """The predictions format, the metrics and the GUI's model stay usable without torch."""

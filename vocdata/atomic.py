@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -19,9 +20,7 @@ def _new_file_mode(target: Path) -> int:
     try:
         return stat.S_IMODE(target.stat().st_mode)
     except OSError:
-        mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-        os.umask(mask)
-        return 0o666 & ~mask
+        return 0o666 & ~_current_umask()
 
 
 @contextlib.contextmanager
@@ -52,3 +51,43 @@ def probe_writable(folder: str | os.PathLike[str]) -> None:
     handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
     os.close(handle)
     os.unlink(probe)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; on success it takes the place of `path`
+    whole (an older `path` is moved aside first, then deleted), else it is deleted.
+
+    Readers see the old complete folder or the new complete one, never a mix of files from
+    two writes: each step is one rename within the parent folder. Only between the two
+    renames is there no `path` at all (a crash right then leaves the old folder beside it,
+    named `.<name>.old-*`). The caller decides whether `path` may be replaced.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old: Path | None = None
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_current_umask())
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rmdir(old)  # a fresh unused name: rename onto a folder fails on some systems
+            os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if old is not None:  # put the old folder back rather than lose both
+                os.replace(old, target)
+                old = None
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
