@@ -21,7 +21,12 @@ from vocdata.paths import PROJECT_ROOT
 PACKAGES = ("vocdata", "training", "predictions", "evaluation", "gui", "wsconv")
 # The metrics are pure numpy, low in the house: training validates with them, the GUI shows
 # them. The rest of evaluation (report, figures, grids) is used by nobody below it.
-METRICS = {"evaluation.metrics", "evaluation.ranking", "evaluation.tailacc"}
+METRICS = {
+    "evaluation.metrics",
+    "evaluation.ranking",
+    "evaluation.tailacc",
+    "evaluation.label_quality",
+}
 REPORT = {"evaluation.report", "evaluation.figures", "evaluation.grids"}
 LOW_MODULES = METRICS | {"evaluation.tables", "predictions.format", "predictions.ensemble"}
 
@@ -163,7 +168,15 @@ def test_gui_loads_a_model_only_lazily_through_load_model():
 
 
 @pytest.mark.parametrize(
-    "module", ["predictions", "predictions.format", "evaluation.metrics", "gui.model", "vocdata"]
+    "module",
+    [
+        "predictions",
+        "predictions.format",
+        "evaluation.metrics",
+        "evaluation.label_quality",
+        "gui.model",
+        "vocdata",
+    ],
 )
 def test_light_modules_do_not_load_torch(module):
     """The predictions format, the metrics and the GUI's model stay usable without torch."""
