@@ -163,6 +163,5 @@ def rank_label_errors(
         raise ValueError("labels must be VOC labels: 1 present, 0 difficult, -1 absent")
     targets, mask = targets_and_mask(labels, difficult)
     return [
-        rank_class(scores[:, c], targets[:, c] > 0, mask[:, c] > 0)
-        for c in range(scores.shape[1])
+        rank_class(scores[:, c], targets[:, c] > 0, mask[:, c] > 0) for c in range(scores.shape[1])
     ]

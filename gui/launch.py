@@ -8,18 +8,23 @@ import os
 import sys
 from pathlib import Path
 
-from gui.cam import CamProvider, model_file_for
-from gui.model import RankingModel
+from gui.cam import CamProvider
+from gui.camsource import cam_source_for
+from gui.imageroot import image_root_of
+from gui.model import TRAINING_SPLITS, RankingModel, View
 from gui.review import MarksFileError, MarkStore, marks_path
 from gui.thumbnails import ThumbnailCache
 from predictions import (
+    PREDICTIONS_FILENAME,
     Predictions,
     PredictionsFormatError,
     RunNotFoundError,
     find_predictions_file,
     load_predictions,
-    voc_root_of,
+    resolve_run_dir,
 )
+from predictions.runs import TRAIN_OOF_PREDICTIONS_FILENAME
+from vocdata.paths import display_path, resolve_project_path
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +96,111 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def load_for_gui(predictions_arg: str | None, runs_dir: str) -> tuple[Predictions, Path]:
+SPLIT_FILES = {"val": PREDICTIONS_FILENAME, "train": TRAIN_OOF_PREDICTIONS_FILENAME}
+NO_OOF_HINT = (
+    "only a k-fold run writes one (python main_train.py --folds 5): every training image "
+    "scored by the fold model that never saw it"
+)
+
+
+def split_file(predictions_arg: str | None, runs_dir: str, split: str) -> Path:
+    """The run's predictions file of `split` ('val' or 'train' out of fold); the run is the
+    folder holding --predictions when it names a file, else the run it names (or latest)."""
+    named = resolve_project_path(predictions_arg) if predictions_arg else None
+    if named is not None and named.is_file():
+        run_dir = named.parent
+    else:
+        run_dir = resolve_run_dir(predictions_arg, runs_dir)
+    path = run_dir / SPLIT_FILES[split]
+    if not path.is_file():
+        hint = NO_OOF_HINT if split == "train" else "training writes it after the first epoch"
+        raise RunNotFoundError(f"{display_path(run_dir)} holds no {SPLIT_FILES[split]}: {hint}")
+    return path
+
+
+def load_for_gui(
+    predictions_arg: str | None, runs_dir: str, split: str | None = None
+) -> tuple[Predictions, Path]:
     try:
-        path = find_predictions_file(predictions_arg, runs_dir)
+        if split:
+            path = split_file(predictions_arg, runs_dir, split)
+        else:
+            path = find_predictions_file(predictions_arg, runs_dir)
         return load_predictions(path), path
     except (RunNotFoundError, PredictionsFormatError) as error:
         raise LaunchError(f"Cannot open predictions: {error}") from error
 
 
+def describe_split(predictions: Predictions, path: Path) -> str:
+    """Which images these are and how they were scored, for the window's first line."""
+    provenance = predictions.provenance
+    split = provenance.get("split") or ("val" if path.name == PREDICTIONS_FILENAME else None)
+    if provenance.get("out_of_fold"):
+        return (
+            f"{split or 'train'} split, out-of-fold scores (each image scored by the fold "
+            f"model that never trained on it)"
+        )
+    if split in TRAINING_SPLITS:
+        return f"{split} split, scored by models trained on it (label errors hide)"
+    return f"{split} split" if isinstance(split, str) else "images of the file"
+
+
+def split_switch_for(path: Path):
+    """The val <-> train-out-of-fold button of a run's predictions file."""
+    from gui.app import SplitSwitch
+
+    folder = path.parent
+    if path.name == PREDICTIONS_FILENAME:
+        other = folder / TRAIN_OOF_PREDICTIONS_FILENAME
+        label = "Review train split (out of fold)"
+        if other.is_file():
+            return SplitSwitch(
+                other,
+                label,
+                f"open {display_path(other)}: every training image scored by the fold model "
+                f"that never saw it (the same as --split train)",
+            )
+        return SplitSwitch(
+            None, label, f"this run has no {TRAIN_OOF_PREDICTIONS_FILENAME}: {NO_OOF_HINT}"
+        )
+    if path.name == TRAIN_OOF_PREDICTIONS_FILENAME:
+        other = folder / PREDICTIONS_FILENAME
+        label = "Back to the val split"
+        if other.is_file():
+            return SplitSwitch(other, label, f"open {display_path(other)} (--split val)")
+        return SplitSwitch(None, label, f"this run has no {PREDICTIONS_FILENAME}")
+    return SplitSwitch(
+        None,
+        "Review train split (out of fold)",
+        f"this file is neither a run's {PREDICTIONS_FILENAME} nor its "
+        f"{TRAIN_OOF_PREDICTIONS_FILENAME}: no other split to switch to",
+    )
+
+
+def switched_args(args: argparse.Namespace, app) -> argparse.Namespace:
+    """The options that open the file the person switched to, on the same class and view."""
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "predictions": str(app.switch_to),
+            "split": None,
+            "class_name": app.model.class_name,
+            "view": app.model.view.value,
+        }
+    )
+
+
 def launch(args: argparse.Namespace, started: float):
     """Load everything, open the window on the first page, and return the app."""
     check_layout_options(args)
-    predictions, path = load_for_gui(args.predictions, args.runs_dir)
+    predictions, path = load_for_gui(args.predictions, args.runs_dir, getattr(args, "split", None))
     if predictions.num_images == 0:
         raise LaunchError(
             f"Cannot open predictions: {path} holds no images (0 rows). Pass the predictions "
             f"file of a run that validated at least one image"
         )
-    voc_root = voc_root_of(predictions, args.voc_root)
+    image_root = image_root_of(predictions, args.voc_root)
+    voc_root = image_root.path
     if not voc_root.is_dir():
         raise LaunchError(
             f"Image folder not found: {voc_root}. Pass --voc-root (or set VOC_ROOT) "
@@ -127,10 +219,17 @@ def launch(args: argparse.Namespace, started: float):
             raise LaunchError(str(error.args[0])) from error
     else:
         model.set_class(first_class_with_positives(model))
+    view = getattr(args, "view", None)
+    if view is None and predictions.provenance.get("out_of_fold") and model.has_labels:
+        view = View.LABEL_ERRORS  # what an out-of-fold file is for
+    if view:
+        try:
+            model.set_view(view)
+        except ValueError as error:
+            raise LaunchError(f"--view {view}: {error}") from error
     size = (args.thumb_size, round(args.thumb_size * 0.75))
     cache = ThumbnailCache(voc_root, size=size)
-    model_file, no_model_reason = model_file_for(path)
-    cam = CamProvider(model_file, voc_root, reason=no_model_reason)
+    cam = CamProvider(cam_source_for(predictions, path), voc_root)
     marks, marks_problem = None, ""
     try:
         marks = MarkStore(marks_path(path))
@@ -138,16 +237,19 @@ def launch(args: argparse.Namespace, started: float):
         marks_problem = f"{error} Marks are off until then."
     from gui.app import BrowserApp
 
+    split_words = describe_split(predictions, path)
     app = BrowserApp(
         model,
         cache,
         columns=args.columns,
-        title=f"VOC ranking browser — {path}",
+        title=f"VOC ranking browser — {display_path(path)} — {split_words}",
         screens_dir=path.parent / "screens",
         started=started,
         cam=cam,
         marks=marks,
         marks_problem=marks_problem,
         exports_dir=path.parent / "exports",
+        source_line=f"{split_words} · {image_root.note}",
+        split_switch=split_switch_for(path),
     )
     return app
