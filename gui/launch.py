@@ -178,14 +178,17 @@ def split_switch_for(path: Path):
 
 
 def switched_args(args: argparse.Namespace, app) -> argparse.Namespace:
-    """The options that open the file the person switched to, on the same class and view."""
+    """The options that open the file the person switched to, on the same class and review
+    view (from the whole ranking, the other file opens on its own default: the likely label
+    errors for the out-of-fold file, the ranking for val)."""
+    view = None if app.model.view is View.RANKING else app.model.view.value
     return argparse.Namespace(
         **{
             **vars(args),
             "predictions": str(app.switch_to),
             "split": None,
             "class_name": app.model.class_name,
-            "view": app.model.view.value,
+            "view": view,
         }
     )
 

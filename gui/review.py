@@ -188,7 +188,9 @@ def csv_text(rows: Iterable[ExportRow], extra_columns: tuple[str, ...] = ()) -> 
     """The rows as CSV with a header; scores with 6 significant digits (float32 precision).
     Every cell is written UTF-8-safe and formula-safe (see the module text)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: a field holding a carriage return is then quoted too (with "\n"
+    # alone as the terminator the csv module leaves a lone "\r" bare, which splits the row).
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([csv_cell(c) for c in (*CSV_COLUMNS, *extra_columns)])
     for row in rows:
         if len(row.extra) != len(extra_columns):
@@ -216,7 +218,7 @@ def write_csv(
     path = Path(path)
     text = csv_text(rows, extra_columns)
     with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
     return path
 
 

@@ -64,9 +64,7 @@ def test_an_ensemble_maps_the_mean_of_its_members(tmp_path):
 def test_an_out_of_fold_file_maps_each_row_with_its_own_model(tmp_path):
     models = [fake_model_file(tmp_path / "folds" / str(k) / "model_best.pt") for k in (1, 2)]
     file = tmp_path / "train_oof_predictions.npz"
-    oof = predictions_with(
-        rows=4, models=named(*models), row_models=[1, 0, 0, 1], out_of_fold=True
-    )
+    oof = predictions_with(rows=4, models=named(*models), row_models=[1, 0, 0, 1], out_of_fold=True)
     source = cam_source_for(oof, file)
     assert [source.members(r) for r in range(4)] == [(1,), (0,), (0,), (1,)]
     assert "folds/2/model_best.pt" in source.describe(0) and "model 2 of 2" in source.describe(0)
