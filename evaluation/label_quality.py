@@ -29,7 +29,7 @@ definitions need, in pure numpy, low in the house (training and the GUI can both
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class ClassLabelQuality:
     """One class's counted rows, the most likely wrong label first."""
 
     rows: np.ndarray  # int64: rows of the predictions file, ranked
-    error_scores: np.ndarray  # float64, same order: 1 − self-confidence, non-increasing
+    error_scores: np.ndarray  # float64, same order: 1 − self-confidence (non-increasing)
     past_threshold: np.ndarray  # bool, same order: a confident-learning label issue
     given_present: np.ndarray  # bool, same order: the given label (after the difficult mode)
     threshold_present: float  # t_present (mean p of the present rows); NaN: no such row
@@ -58,6 +58,22 @@ class ClassLabelQuality:
     @property
     def num_past_threshold(self) -> int:
         return int(np.count_nonzero(self.past_threshold))
+
+    def flagged_first(self) -> ClassLabelQuality:
+        """The same rows with those past the threshold first, each part still most likely
+        wrong first (as cleanlab orders its label issues). The two labels have different
+        thresholds, so in the plain ranking a label that does not pass (labelled present,
+        scored 0.2 where present labels pass below 0.1) can precede one that does (labelled
+        absent, scored 0.78 where absent labels pass from 0.7); a review that stops at the
+        threshold wants them apart."""
+        order = np.argsort(~self.past_threshold, kind="stable")
+        return replace(
+            self,
+            rows=self.rows[order],
+            error_scores=self.error_scores[order],
+            past_threshold=self.past_threshold[order],
+            given_present=self.given_present[order],
+        )
 
     def position_of(self, row: int) -> int | None:
         """Where `row` stands in the ranking (0 = most likely wrong); None: not ranked."""

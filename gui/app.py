@@ -209,10 +209,10 @@ class BrowserApp:
                 enable_events=True,
                 disabled=bool(no_labels),
                 tooltip=no_labels
-                or "every label of the class, the one most likely wrong first: confident "
-                "learning on these held-out scores (labelled absent but scored high, labelled "
-                "present but scored low); the blue bar ▼CL ends the labels past its "
-                "threshold (Ctrl+L)." + held_out,
+                or "every label of the class by confident learning on these held-out "
+                "scores: first those past its threshold (labelled absent but scored high, "
+                "labelled present but scored low; the blue bar ▼CL ends them), then the rest, "
+                "each part most likely wrong first (Ctrl+L)." + held_out,
             ),
             sg.Text("   "),
             sg.Button(
@@ -241,12 +241,12 @@ class BrowserApp:
             sg.Button("Bottom", key="-LAST-"),
         ]
         return [
-            [sg.Text(self.source_line, key="-SOURCE-", size=(110, 1), font=("Helvetica", 9))],
+            [sg.Text(self.source_line, key="-SOURCE-", font=("Helvetica", 9))],
             controls,
             views,
             threshold_controls,
             [sg.Text("", key="-STATUS-", font=("Helvetica", 12, "bold"), size=(90, 1))],
-            [sg.Text("", key="-PRECISION-", size=(110, 1))],
+            [sg.Text("", key="-PRECISION-", size=(120, 1))],
             [sg.Text("", key="-THRESHOLD-LINE-", size=(110, 1))],
             *grid,
             navigation,
@@ -305,6 +305,9 @@ class BrowserApp:
         self.window[view_key].update(value=True)
         self.window["-CLASS-"].update(value=self.model.class_labels()[self.model.class_index])
         self.window["-LOWEST-" if self.model.lowest_first else "-HIGHEST-"].update(value=True)
+        ranking = self.model.view is View.RANKING  # the other views have their own order
+        for key in ("-HIGHEST-", "-LOWEST-"):
+            self.window[key].update(disabled=not ranking)
         needed = [item.file for item in self.displayed if self.cache.get(item.file) is None]
         # A background prefetch may finish one of them between the look-up and this call:
         # `prefetch` then skips it (no callback), so it is drawn now instead of awaited.

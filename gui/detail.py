@@ -71,7 +71,7 @@ class DetailView:
         marks_off = self.marks is None
         marks_tip = self.marks_problem or "saved next to the predictions file"
         return [
-            [sg.Text("", key="-TITLE-", font=("Helvetica", 11, "bold"), size=(90, 1))],
+            [sg.Text("", key="-TITLE-", font=("Helvetica", 11, "bold"), size=(100, 2))],
             [
                 sg.Image(key="-BIG-", size=DETAIL_SIZE),
                 sg.Table(
@@ -92,7 +92,7 @@ class DetailView:
                     disabled=not self.cam.available,
                     tooltip=cam_tip,
                 ),
-                sg.Text("" if self.cam.available else cam_tip, key="-CAM-STATUS-", size=(70, 1)),
+                sg.Text("" if self.cam.available else cam_tip, key="-CAM-STATUS-", size=(100, 2)),
             ],
             [
                 sg.Button(
@@ -132,8 +132,9 @@ class DetailView:
             )
         name = printable(item.file)
         self.window["-TITLE-"].update(
-            f"{name}   rank {item.rank:,} for '{model.class_name}'  ({where})"
+            f"{name}   rank {item.rank:,} for '{model.class_name}'"
             + (f" — {reason}" if reason else "")
+            + f"\n({where})"
         )
         self.window.set_title(name)
         rows = [

@@ -6,8 +6,9 @@ order). Three views walk them:
 - the disagreements (`gui.review`): only the images whose label and prediction at the
   threshold disagree;
 - the likely label errors (`evaluation.label_quality`): every counted label of the class,
-  the one most likely wrong first by confident learning, on held-out scores (val, or the
-  out-of-fold scores of a `--folds K` run's training split).
+  those past the confident-learning threshold first, each part the one most likely wrong
+  first, on held-out scores (val, or the out-of-fold scores of a `--folds K` run's training
+  split).
 Every image keeps its rank in the class's ranking whichever view shows it.
 """
 
@@ -253,14 +254,16 @@ class RankingModel:
         return int(self._ranks[self.class_index][row])
 
     def label_quality(self) -> ClassLabelQuality:
-        """The current class's counted labels, most likely wrong first (once per class)."""
+        """The current class's counted labels in review order (once per class): those past
+        the confident-learning threshold first, each part most likely wrong first, so the
+        blue bar ▼CL ends the flagged ones."""
         column = self.class_index
         if column not in self._label_quality:
             self._label_quality[column] = rank_class(
                 self.predictions.scores[:, column],
                 self.targets[:, column] > 0,
                 self.mask[:, column] > 0,
-            )
+            ).flagged_first()
         return self._label_quality[column]
 
     def view_rows(self) -> np.ndarray:
@@ -489,17 +492,22 @@ class RankingModel:
                 "errors (use held-out scores: val, or train out of fold)"
             )
         if math.isnan(t_present):
-            parts.append("no image labelled present: no absent label can be flagged")
+            parts.append("no image labelled present: no absent label can pass")
         else:
-            parts.append(f"flagged: absent scored ≥ {format_score(t_present)}")
+            parts.append(
+                f"past the threshold: labelled absent but scored ≥ {format_score(t_present)}"
+            )
         if math.isnan(t_absent):
-            parts.append("no image labelled absent: no present label can be flagged")
+            parts.append("no image labelled absent: no present label can pass")
         else:
-            parts.append(f"present scored ≤ {format_score(1 - t_absent)} (the class means)")
+            parts.append(
+                f"labelled present but scored ≤ {format_score(1 - t_absent)} (the other "
+                f"label's mean score)"
+            )
         if not (math.isnan(t_present) or math.isnan(t_absent)) and t_present <= 1 - t_absent:
             parts.append("the scores do not separate this class: flags are weak evidence")
         ap = self.class_ap[self.class_index]
-        parts.append(f"AP of '{self.class_name}': {'n/a' if math.isnan(ap) else f'{ap:.3f}'}")
+        parts.append(f"AP {'n/a' if math.isnan(ap) else f'{ap:.3f}'}")
         return "  ·  ".join(parts)
 
     def class_labels(self) -> list[str]:

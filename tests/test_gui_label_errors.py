@@ -55,7 +55,7 @@ def test_the_view_walks_the_labels_most_likely_wrong_first():
     quality = rank_class(
         np.array(SOFA_SCORES, np.float32), np.array(SOFA_LABELS) == 1, np.array(SOFA_LABELS) != 0
     )
-    assert model.view_rows().tolist() == quality.rows.tolist()  # the metrics' ranking, as is
+    assert model.view_rows().tolist() == quality.rows.tolist()  # flagged already come first
     # each image keeps its rank in the class's score ranking (0.95 is rank 1; 0.15 rank 8)
     assert [(i.row, i.rank, i.label) for i in model.page_items()] == [
         (9, 8, 1),
@@ -68,12 +68,27 @@ def test_the_view_walks_the_labels_most_likely_wrong_first():
         "threshold)"
     )
     line = model.precision_line()
-    assert f"absent scored ≥ {format_score(quality.threshold_present)}" in line
-    assert f"present scored ≤ {format_score(1 - quality.threshold_absent)}" in line
+    assert f"labelled absent but scored ≥ {format_score(quality.threshold_present)}" in line
+    assert f"present but scored ≤ {format_score(1 - quality.threshold_absent)}" in line
     assert "trained on these images" not in line
     model.last_page()
     assert model.page == 2 and [i.row for i in model.page_items()] == SOFA_ORDER[6:]
     assert model.status_line().startswith("class: sofa — likely label errors 7–9 of 9")
+
+
+def test_labels_past_the_threshold_come_first_and_the_bar_ends_them():
+    # present 0.2 is more likely wrong than absent 0.78 but only the latter passes (see
+    # test_label_quality.test_flagged_first_keeps_the_threshold_a_clean_cut)
+    scores = np.array([0.9, 0.9, 0.9, 0.2, 0.78, 0.05, 0.05, 0.05, 0.05], np.float32)
+    labels = np.array([1, 1, 1, 1, -1, -1, -1, -1, -1], np.int8)
+    files = tuple(f"JPEGImages/{i}.jpg" for i in range(9))
+    model = RankingModel(
+        Predictions(scores[:, None], labels[:, None], files, ("boat",), PROVENANCE)
+    )
+    model.set_view(View.LABEL_ERRORS)
+    assert model.view_rows()[:2].tolist() == [4, 3]
+    assert model.marker_row() == 3  # right after the one flagged label
+    assert "(1 past the confident-learning threshold)" in model.status_line()
 
 
 def test_going_to_a_rank_and_the_difficult_label():

@@ -109,7 +109,9 @@ def label_error_rows(predictions: Predictions, column: int) -> list[int]:
     from evaluation.label_quality import rank_class
 
     targets, mask = targets_and_mask(predictions.labels, "ignore")
-    return rank_class(predictions.scores[:, column], targets[:, column] > 0, mask[:, column] > 0)
+    return rank_class(
+        predictions.scores[:, column], targets[:, column] > 0, mask[:, column] > 0
+    ).flagged_first()
 
 
 def test_review_the_training_split_and_come_back(display, tiny_voc, tmp_path):
@@ -155,7 +157,8 @@ def test_review_the_training_split_and_come_back(display, tiny_voc, tmp_path):
         cut = quality.num_past_threshold  # the first label below the threshold: ▼CL
         if cut < len(app.displayed):
             assert "▼CL" in app.window[("-CAPTION-", cut)].get()
-        assert "absent scored ≥" in app.window["-PRECISION-"].get()
+        assert "labelled absent but scored ≥" in app.window["-PRECISION-"].get()
+        assert app.window["-HIGHEST-"].Disabled  # the direction belongs to the ranking
 
         press_key(app, "ctrl+l")  # a real key press: back to the whole ranking
         assert app.model.view is View.RANKING and app.window["-VIEW-RANKING-"].get() is True

@@ -103,6 +103,27 @@ def test_all_equal_scores_and_ties():
     assert quality.error_scores.tolist() == [0.9, 0.25, 0.25]
 
 
+def test_flagged_first_keeps_the_threshold_a_clean_cut():
+    """The two labels have their own thresholds: a present label scored 0.2 (error 0.8) does
+    not pass (present labels pass at or below the absent rows' mean, 0.196) while an absent
+    one scored 0.78 (error 0.78) does (absent labels pass from 0.725)."""
+    scores = np.array([0.9, 0.9, 0.9, 0.2, 0.78, 0.05, 0.05, 0.05, 0.05])
+    present = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+    quality = rank_class(scores, present)
+    assert quality.rows[:2].tolist() == [3, 4]
+    assert quality.past_threshold[:2].tolist() == [False, True]
+    review = quality.flagged_first()
+    assert review.rows.tolist() == [4, 3, *quality.rows[2:].tolist()]
+    assert review.past_threshold.tolist() == [True] + [False] * 8
+    assert review.error_scores[:2].tolist() == [0.78, pytest.approx(0.8)]
+    assert review.given_present[:2].tolist() == [False, True]
+    assert review.position_of(3) == 1
+    assert (review.threshold_present, review.threshold_absent) == (
+        quality.threshold_present,
+        quality.threshold_absent,
+    )
+
+
 def brute_force(scores: np.ndarray, labels: np.ndarray, mode: str):
     """The definitions as plain loops over one class (no numpy in the logic)."""
     given, counted = {}, []
