@@ -285,15 +285,18 @@ class RankingModel:
         return self._disagreements[key]
 
     def front_files(self) -> list[str]:
-        """The files of the first page of every class, both directions: what a class switch
-        or a jump to the bottom will show first."""
+        """The files of the first page of every class, both directions (and in the likely-
+        label-errors view its first page too): what a class switch or a jump to the bottom
+        will show first."""
         saved = self.class_index, self.lowest_first, self.page, self.view
-        self.view = View.RANKING
+        views = [View.RANKING] + ([View.LABEL_ERRORS] if self.label_errors_only else [])
         files = []
         for class_index in range(self.predictions.num_classes):
-            for lowest_first in (False, True):
-                self.class_index, self.lowest_first = class_index, lowest_first
-                files += [item.file for item in self.page_items(0)]
+            for view in views:
+                self.view = view
+                for lowest_first in (False, True) if view is View.RANKING else (False,):
+                    self.class_index, self.lowest_first = class_index, lowest_first
+                    files += [item.file for item in self.page_items(0)]
         self.class_index, self.lowest_first, self.page, self.view = saved
         return files
 

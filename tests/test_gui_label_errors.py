@@ -117,8 +117,12 @@ def test_the_view_keys_toggle_and_the_class_switch_keeps_the_view():
     expected = rank_class(cat.scores[:, 1], cat.labels[:, 1] == 1).rows
     assert model.view_rows().tolist() == expected.tolist()
     assert expected[:2].tolist() == [0, 9]  # 0 labelled present, 1.0 labelled absent: a tie
-    files = model.front_files()  # the prefetch walks the rankings and leaves the view alone
-    assert len(files) == 2 * 2 * 3 and model.view is View.LABEL_ERRORS
+    files = model.front_files()  # what the prefetch decodes: it leaves the view alone
+    assert model.view is View.LABEL_ERRORS and model.class_name == "cat"
+    assert len(files) == 2 * 3 * 3  # per class: both ends of the ranking and the review's top
+    model.set_view(View.LABEL_ERRORS)
+    sofa_review = sofa_model().label_quality().rows[:3]
+    assert files[6:9] == [f"JPEGImages/{r:02d}.jpg" for r in sofa_review]
 
 
 def test_unlabelled_files_have_no_label_error_view():
