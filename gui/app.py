@@ -17,6 +17,7 @@ from gui.camsource import CamSource
 from gui.detail import DetailView
 from gui.model import RankedImage, RankingModel, View
 from gui.review import MarkStore, is_undecodable, output_file, write_csv
+from gui.runsplit import SplitSwitch
 from gui.threshold import parse_threshold, step_threshold
 from gui.thumbnails import (
     ThumbnailCache,
@@ -58,16 +59,6 @@ LEGEND = (
     "view: C activation map, L / M mark, ←/→ step, Esc close"
 )
 THEME = "LightGrey1"
-
-
-@dataclass(frozen=True)
-class SplitSwitch:
-    """The button that opens the run's other predictions file (val <-> train out of fold);
-    `target` None: disabled, and the tooltip says why."""
-
-    target: Path | None = None
-    label: str = "Review train split (out of fold)"
-    tooltip: str = "no other predictions file to switch to"
 
 
 @dataclass

@@ -11,20 +11,18 @@ from pathlib import Path
 from gui.cam import CamProvider
 from gui.camsource import cam_source_for
 from gui.imageroot import image_root_of
-from gui.model import TRAINING_SPLITS, RankingModel, View
+from gui.model import RankingModel, View
 from gui.review import MarksFileError, MarkStore, marks_path
+from gui.runsplit import describe_split, split_file, split_switch_for
 from gui.thumbnails import ThumbnailCache
 from predictions import (
-    PREDICTIONS_FILENAME,
     Predictions,
     PredictionsFormatError,
     RunNotFoundError,
     find_predictions_file,
     load_predictions,
-    resolve_run_dir,
 )
-from predictions.runs import TRAIN_OOF_PREDICTIONS_FILENAME
-from vocdata.paths import display_path, resolve_project_path
+from vocdata.paths import display_path
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +94,6 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-SPLIT_FILES = {"val": PREDICTIONS_FILENAME, "train": TRAIN_OOF_PREDICTIONS_FILENAME}
-NO_OOF_HINT = (
-    "only a k-fold run writes one (python main_train.py --folds 5): every training image "
-    "scored by the fold model that never saw it"
-)
-
-
-def split_file(predictions_arg: str | None, runs_dir: str, split: str) -> Path:
-    """The run's predictions file of `split` ('val' or 'train' out of fold); the run is the
-    folder holding --predictions when it names a file, else the run it names (or latest)."""
-    named = resolve_project_path(predictions_arg) if predictions_arg else None
-    if named is not None and named.is_file():
-        run_dir = named.parent
-    else:
-        run_dir = resolve_run_dir(predictions_arg, runs_dir)
-    path = run_dir / SPLIT_FILES[split]
-    if not path.is_file():
-        hint = NO_OOF_HINT if split == "train" else "training writes it after the first epoch"
-        raise RunNotFoundError(f"{display_path(run_dir)} holds no {SPLIT_FILES[split]}: {hint}")
-    return path
-
-
 def load_for_gui(
     predictions_arg: str | None, runs_dir: str, split: str | None = None
 ) -> tuple[Predictions, Path]:
@@ -129,52 +105,6 @@ def load_for_gui(
         return load_predictions(path), path
     except (RunNotFoundError, PredictionsFormatError) as error:
         raise LaunchError(f"Cannot open predictions: {error}") from error
-
-
-def describe_split(predictions: Predictions, path: Path) -> str:
-    """Which images these are and how they were scored, for the window's first line."""
-    provenance = predictions.provenance
-    split = provenance.get("split") or ("val" if path.name == PREDICTIONS_FILENAME else None)
-    if provenance.get("out_of_fold"):
-        return (
-            f"{split or 'train'} split, out-of-fold scores (each image scored by the fold "
-            f"model that never trained on it)"
-        )
-    if split in TRAINING_SPLITS:
-        return f"{split} split, scored by models trained on it (label errors hide)"
-    return f"{split} split" if isinstance(split, str) else "images of the file"
-
-
-def split_switch_for(path: Path):
-    """The val <-> train-out-of-fold button of a run's predictions file."""
-    from gui.app import SplitSwitch
-
-    folder = path.parent
-    if path.name == PREDICTIONS_FILENAME:
-        other = folder / TRAIN_OOF_PREDICTIONS_FILENAME
-        label = "Review train split (out of fold)"
-        if other.is_file():
-            return SplitSwitch(
-                other,
-                label,
-                f"open {display_path(other)}: every training image scored by the fold model "
-                f"that never saw it (the same as --split train)",
-            )
-        return SplitSwitch(
-            None, label, f"this run has no {TRAIN_OOF_PREDICTIONS_FILENAME}: {NO_OOF_HINT}"
-        )
-    if path.name == TRAIN_OOF_PREDICTIONS_FILENAME:
-        other = folder / PREDICTIONS_FILENAME
-        label = "Back to the val split"
-        if other.is_file():
-            return SplitSwitch(other, label, f"open {display_path(other)} (--split val)")
-        return SplitSwitch(None, label, f"this run has no {PREDICTIONS_FILENAME}")
-    return SplitSwitch(
-        None,
-        "Review train split (out of fold)",
-        f"this file is neither a run's {PREDICTIONS_FILENAME} nor its "
-        f"{TRAIN_OOF_PREDICTIONS_FILENAME}: no other split to switch to",
-    )
 
 
 def switched_args(args: argparse.Namespace, app) -> argparse.Namespace:
