@@ -17,13 +17,15 @@ from gui.options import build_parser  # noqa: E402  (light: no torch, no Tk)
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from gui.launch import LaunchError, launch
+    from gui.launch import LaunchError, launch, switched_args
 
     try:
         app = launch(args, started=STARTED)
+        while app.run() is not None:  # the person switched split: open the other file
+            args = switched_args(args, app)
+            app = launch(args, started=time.perf_counter())
     except LaunchError as error:
         return error.report()
-    app.run()
     return 0
 
 

@@ -13,9 +13,11 @@ from PIL import Image, ImageColor
 
 from evaluation.ranking import TRUTH_WORDS, format_score
 from gui.cam import CamProvider
+from gui.camsource import CamSource
 from gui.detail import DetailView
-from gui.model import RankedImage, RankingModel
-from gui.review import MarkStore, write_csv
+from gui.model import RankedImage, RankingModel, View
+from gui.review import MarkStore, is_undecodable, output_file, write_csv
+from gui.runsplit import SplitSwitch
 from gui.threshold import parse_threshold, step_threshold
 from gui.thumbnails import (
     ThumbnailCache,
@@ -25,7 +27,7 @@ from gui.thumbnails import (
     to_ppm,
 )
 from vocdata.atomic import atomic_write
-from vocdata.paths import project_relative
+from vocdata.paths import UnsafePathError, project_relative
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,19 @@ KEYS = {
     "<Control-Down>": "-T-DOWN-",
     "<Control-t>": "-FOCUS-T-",
     "<Control-d>": "-REVIEW-KEY-",
+    "<Control-l>": "-LABEL-ERRORS-KEY-",
     "<Control-e>": "-EXPORT-",
     "<Control-Return>": "-OPEN-",
 }
 SHORT_MARKS = {"label": "⚑ label?", "model": "⚑ model"}  # captions are 20 characters wide
 LEGEND = (
     "click an image (or Ctrl+Enter) for all 20 scores, its activation map and marks\n"
-    "{border}; blue bar and ▼t: the first "
-    "image below the threshold t; ⚑ label? / ⚑ model: your marks\n"
+    "{border}; blue bar and ▼t: the first image below the threshold t (▼CL: the first label "
+    "below the confident-learning threshold); ⚑ label? / ⚑ model: your marks\n"
     "keys: ←/→ PgUp/PgDn Home/End pages · Ctrl+↑/↓ threshold ±0.05 · Ctrl+B best-F1 threshold "
     "· Ctrl+T type a threshold\n"
-    "Ctrl+D disagreements only · Ctrl+E export CSV · in the large view: C activation map, "
-    "L / M mark, ←/→ step, Esc close"
+    "Ctrl+D disagreements · Ctrl+L likely label errors · Ctrl+E export CSV · in the large "
+    "view: C activation map, L / M mark, ←/→ step, Esc close"
 )
 THEME = "LightGrey1"
 
@@ -80,13 +83,20 @@ class BrowserApp:
         marks: MarkStore | None = None,
         marks_problem: str = "",
         exports_dir: Path | None = None,
+        source_line: str = "",
+        split_switch: SplitSwitch | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
         self.columns = columns
         self.screens_dir = screens_dir or Path("screens")
         self.exports_dir = exports_dir or self.screens_dir.parent / "exports"
-        self.cam = cam or CamProvider(None, cache.voc_root, reason="no model file was given")
+        self.cam = cam or CamProvider(
+            CamSource(reason="no model file was given"), cache.voc_root
+        )
+        self.source_line = source_line
+        self.split_switch = split_switch or SplitSwitch()
+        self.switch_to: Path | None = None  # set when the person asks for the other split
         self.marks = marks
         self.marks_problem = marks_problem
         self._marker_row: int | None = None
@@ -165,6 +175,44 @@ class BrowserApp:
             sg.Button("Save page as PNG", key="-SAVE-"),
         ]
         no_labels = "" if self.model.has_labels else "this predictions file has no labels"
+        held_out = "" if self.model.scores_held_out else (
+            " Careful: these scores come from models trained on these images."
+        )
+        views = [
+            sg.Text("view"),
+            sg.Radio(
+                "whole ranking", "view", key="-VIEW-RANKING-", default=True, enable_events=True
+            ),
+            sg.Radio(
+                "disagreements",
+                "view",
+                key="-REVIEW-",
+                enable_events=True,
+                disabled=bool(no_labels),
+                tooltip=no_labels
+                or "labelled absent above the threshold (highest first), then labelled "
+                "present below it (lowest first) (Ctrl+D)",
+            ),
+            sg.Radio(
+                "likely label errors",
+                "view",
+                key="-LABEL-ERRORS-",
+                enable_events=True,
+                disabled=bool(no_labels),
+                tooltip=no_labels
+                or "every label of the class by confident learning on these held-out "
+                "scores: first those past its threshold (labelled absent but scored high, "
+                "labelled present but scored low; the blue bar ▼CL ends them), then the rest, "
+                "each part most likely wrong first (Ctrl+L)." + held_out,
+            ),
+            sg.Text("   "),
+            sg.Button(
+                self.split_switch.label,
+                key="-SWITCH-SPLIT-",
+                disabled=self.split_switch.target is None,
+                tooltip=self.split_switch.tooltip,
+            ),
+        ]
         threshold_controls = [
             sg.Text("threshold"),
             sg.Input(f"{self.model.threshold:g}", key="-THRESHOLD-", size=(7, 1)),
@@ -175,15 +223,6 @@ class BrowserApp:
                 disabled=bool(no_labels),
                 tooltip=no_labels or "the threshold with the best F1 on this class (Ctrl+B)",
             ),
-            sg.Checkbox(
-                "disagreements only",
-                key="-REVIEW-",
-                enable_events=True,
-                disabled=bool(no_labels),
-                tooltip=no_labels
-                or "labelled absent above the threshold (highest first), then labelled "
-                "present below it (lowest first) (Ctrl+D)",
-            ),
             sg.Button("Export CSV", key="-EXPORT-", tooltip="the whole current view (Ctrl+E)"),
         ]
         navigation = [
@@ -193,10 +232,12 @@ class BrowserApp:
             sg.Button("Bottom", key="-LAST-"),
         ]
         return [
+            [sg.Text(self.source_line, key="-SOURCE-", font=("Helvetica", 9))],
             controls,
+            views,
             threshold_controls,
             [sg.Text("", key="-STATUS-", font=("Helvetica", 12, "bold"), size=(90, 1))],
-            [sg.Text("", key="-PRECISION-", size=(110, 1))],
+            [sg.Text("", key="-PRECISION-", size=(120, 1))],
             [sg.Text("", key="-THRESHOLD-LINE-", size=(110, 1))],
             *grid,
             navigation,
@@ -228,9 +269,10 @@ class BrowserApp:
     def caption(self, item: RankedImage, below: bool = False) -> str:
         """'#rank  score' (and '▼t' at the threshold marker), then truth and mark."""
         mark = self.marks.get(self.model.class_name, item.file) if self.marks else None
+        cut = " ▼CL" if self.model.label_errors_only else " ▼t"
         return (
             f"#{item.rank:,}  {format_score(item.score)}"
-            + (" ▼t" if below else "")
+            + (cut if below else "")
             + f"\n{TRUTH_WORDS[item.label]}"
             + (f"  {SHORT_MARKS[mark]}" if mark else "")
         )
@@ -246,9 +288,17 @@ class BrowserApp:
         self.window["-PRECISION-"].update(self.model.precision_line())
         self.window["-THRESHOLD-LINE-"].update(self.model.threshold_line())
         self.window["-THRESHOLD-"].update(format_score(self.model.threshold))
-        self.window["-REVIEW-"].update(value=self.model.disagreements_only)
+        view_key = {
+            View.RANKING: "-VIEW-RANKING-",
+            View.DISAGREEMENTS: "-REVIEW-",
+            View.LABEL_ERRORS: "-LABEL-ERRORS-",
+        }[self.model.view]
+        self.window[view_key].update(value=True)
         self.window["-CLASS-"].update(value=self.model.class_labels()[self.model.class_index])
         self.window["-LOWEST-" if self.model.lowest_first else "-HIGHEST-"].update(value=True)
+        ranking = self.model.view is View.RANKING  # the other views have their own order
+        for key in ("-HIGHEST-", "-LOWEST-"):
+            self.window[key].update(disabled=not ranking)
         needed = [item.file for item in self.displayed if self.cache.get(item.file) is None]
         # A background prefetch may finish one of them between the look-up and this call:
         # `prefetch` then skips it (no callback), so it is drawn now instead of awaited.
@@ -332,9 +382,22 @@ class BrowserApp:
         elif event == "-FOCUS-T-":
             self.window["-THRESHOLD-"].set_focus()
             return True
-        elif event in ("-REVIEW-", "-REVIEW-KEY-") and model.has_labels:
-            on = bool(values["-REVIEW-"]) if event == "-REVIEW-" else not model.disagreements_only
-            model.set_disagreements_only(on)
+        elif event == "-VIEW-RANKING-":
+            model.set_view(View.RANKING)
+        elif event == "-REVIEW-" and model.has_labels:
+            model.set_view(View.DISAGREEMENTS if values.get("-REVIEW-", True) else View.RANKING)
+        elif event == "-LABEL-ERRORS-" and model.has_labels:
+            model.set_view(View.LABEL_ERRORS)
+        elif event == "-REVIEW-KEY-" and model.has_labels:
+            model.toggle_view(View.DISAGREEMENTS)
+        elif event == "-LABEL-ERRORS-KEY-" and model.has_labels:
+            model.toggle_view(View.LABEL_ERRORS)
+        elif event == "-SWITCH-SPLIT-":
+            if self.split_switch.target is None:
+                self.window["-MESSAGE-"].update(self.split_switch.tooltip)
+                return True
+            self.switch_to = self.split_switch.target
+            return False
         elif event == "-EXPORT-":
             self.export_view()
             return True
@@ -355,7 +418,7 @@ class BrowserApp:
             model.lowest_first,
             model.page,
             model.threshold,
-            model.disagreements_only,
+            model.view,
         )
 
     def _set_threshold(self, text: str) -> None:
@@ -370,22 +433,38 @@ class BrowserApp:
         model = self.model
         if model.disagreements_only:
             return f"disagreements-t{model.threshold:.3f}"
+        if model.label_errors_only:
+            return "likely-label-errors"
         return "lowest-first" if model.lowest_first else "highest-first"
 
     def export_path(self) -> Path:
-        return self.exports_dir / f"{self.model.class_name}-{self.view_name()}.csv"
+        """`exports/<class>-<view>.csv`; the class name (read from the file) is sanitised and
+        the name checked to stay in the folder (UnsafePathError otherwise)."""
+        return output_file(self.exports_dir, self.model.class_name, self.view_name(), suffix=".csv")
 
     def export_view(self) -> Path | None:
-        """Write the whole current view as CSV (class, rank, file, score, label, mark); None,
-        with the reason on the message line, when the file cannot be written."""
+        """Write the whole current view as CSV (class, rank, file, score, label, mark, and the
+        view's own columns); None, with the reason on the message line, when the file cannot
+        be written."""
         marks = self.marks
         rows = self.model.export_rows(lambda c, f: marks.words(c, f) if marks is not None else "")
-        path = self.export_path()
         try:
-            write_csv(path, rows)
+            path = self.export_path()
+        except UnsafePathError as error:
+            return self._refused("export", error)
+        try:
+            write_csv(path, rows, self.model.export_columns())
         except OSError as error:
             return self._write_failed("export", path, error)
-        self.window["-MESSAGE-"].update(f"exported {len(rows):,} rows to {project_relative(path)}")
+        undecodable = sum(is_undecodable(row.file) for row in rows)
+        note = (
+            f"; {undecodable:,} file names are not UTF-8: written with \\x escapes of their bytes"
+            if undecodable
+            else ""
+        )
+        self.window["-MESSAGE-"].update(
+            f"exported {len(rows):,} rows to {project_relative(path)}{note}"
+        )
         return path
 
     def _write_failed(self, action: str, path: Path, error: OSError) -> None:
@@ -396,6 +475,12 @@ class BrowserApp:
             f"(is the run folder writable?)"
         )
         log.error("cannot %s %s: %s", action, path, error)
+
+    def _refused(self, action: str, error: UnsafePathError) -> None:
+        """An output name built from the file's names would leave its folder: nothing is
+        written; the message line says so."""
+        self.window["-MESSAGE-"].update(f"cannot {action}: {error}")
+        log.error("cannot %s: %s", action, error)
 
     def _go_to_rank(self, text: str) -> None:
         try:
@@ -418,9 +503,14 @@ class BrowserApp:
         ]
         picture = page_image(tiles, self.columns, model.status_line())
         view = "lowest" if model.lowest_first else "highest"
-        if model.disagreements_only:
+        if model.view is not View.RANKING:
             view = self.view_name()
-        path = self.screens_dir / f"{model.class_name}-{view}-page{model.page + 1}.png"
+        try:
+            path = output_file(
+                self.screens_dir, model.class_name, view, f"page{model.page + 1}", suffix=".png"
+            )
+        except UnsafePathError as error:
+            return self._refused("save", error)
         try:
             with atomic_write(path) as tmp:
                 picture.save(tmp, format="PNG")
@@ -467,7 +557,9 @@ class BrowserApp:
         self.window.write_event_value(event, value)
         self.pump()
 
-    def run(self) -> None:
+    def run(self) -> Path | None:
+        """The event loop; returns the predictions file to open next when the person switched
+        split (None when the window was closed)."""
         try:
             while True:
                 event, values = self.window.read()
@@ -475,6 +567,7 @@ class BrowserApp:
                     break
         finally:
             self.close()
+        return self.switch_to
 
     def close(self) -> None:
         self._closed = True

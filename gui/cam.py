@@ -6,9 +6,12 @@ average pooling, then one linear layer) that is exactly the class-activation map
 al., and it needs no change to the model. The layer per backbone is in the backbone registry
 (`training.backbones.Backbone.cam_layer`).
 
-Nothing here imports torch at module level: the browser starts without it, and the model is
-loaded on the first request, in a worker thread, through `training.checkpoint.load_model`.
-Maps are cached per (image, class).
+Which model (or models) a row's map comes from is `gui.camsource`'s answer: the row's own
+model in an out-of-fold file, the one model, or the mean of an ensemble's members' maps.
+
+Nothing here imports torch at module level: the browser starts without it, and each model is
+loaded on its first request, in a worker thread, through `training.checkpoint.load_model`.
+Maps are cached per (image, class). Images are read only inside the dataset root.
 """
 
 from __future__ import annotations
@@ -24,25 +27,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from gui.camsource import CamSource
+from gui.thumbnails import image_inside, outside_root_reason
+
 log = logging.getLogger(__name__)
 
-MODEL_FILENAME = "model_best.pt"
 # Colour ramp for the heat (low to high): dark blue, cyan, green, yellow, red.
 _RAMP_AT = (0.0, 0.3, 0.55, 0.8, 1.0)
 _RAMP_RGB = ((20, 20, 140), (0, 170, 255), (70, 210, 70), (255, 210, 0), (220, 20, 20))
 
 CamKey = tuple[str, int]  # (image file relative to the dataset root, class index)
-
-
-def model_file_for(predictions_path: str | Path) -> tuple[Path | None, str]:
-    """The run's saved model beside a predictions file, or None and why it cannot be used."""
-    path = Path(predictions_path).parent / MODEL_FILENAME
-    if path.is_file():
-        return path, ""
-    return None, (
-        f"No {MODEL_FILENAME} beside the predictions file (looked for {path}): activation "
-        f"maps need the run's saved model."
-    )
 
 
 def heat_colours(heatmap: np.ndarray) -> np.ndarray:
@@ -68,6 +62,23 @@ def network_pixels(path: Path, shorter_side: int) -> np.ndarray:
     scale = shorter_side / min(picture.size)
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
     return np.array(picture.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def mean_of_maps(heatmaps: list[np.ndarray]) -> np.ndarray:
+    """The mean of several maps in [0, 1], each first stretched to the first one's size
+    (ensemble members may see the image at different sizes)."""
+    height, width = heatmaps[0].shape
+    stretched = [
+        heat
+        if heat.shape == (height, width)
+        else np.asarray(
+            Image.fromarray(heat.astype(np.float32), mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for heat in heatmaps
+    ]
+    return np.mean(stretched, axis=0).astype(np.float32)
 
 
 def align(heatmap: np.ndarray, offset: float) -> np.ndarray:
@@ -130,22 +141,20 @@ class GradCamMapper:
 
 
 class CamProvider:
-    """Activation maps on demand: one worker thread, the model loaded on the first request,
+    """Activation maps on demand: one worker thread, each model loaded on its first request,
     maps cached per (image, class). `available` is False (with `reason`) without a model."""
 
     def __init__(
         self,
-        model_path: Path | None,
+        source: CamSource,
         voc_root: Path,
-        reason: str = "",
         capacity: int = 200,
         mapper_factory: Callable[[Path], GradCamMapper] = GradCamMapper.from_file,
     ) -> None:
-        self.model_path = model_path
+        self.source = source
         self.voc_root = Path(voc_root)
-        self.reason = reason if model_path is None else ""
         self.capacity = capacity
-        self.mapper: GradCamMapper | None = None
+        self.mappers: dict[int, GradCamMapper] = {}  # by index into source.models
         self._mapper_factory = mapper_factory
         self._maps: OrderedDict[CamKey, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -153,7 +162,23 @@ class CamProvider:
 
     @property
     def available(self) -> bool:
-        return self.model_path is not None
+        return self.source.available
+
+    @property
+    def reason(self) -> str:
+        return self.source.reason
+
+    @property
+    def loaded(self) -> bool:
+        """Whether any model has been loaded (the first map takes longer)."""
+        return bool(self.mappers)
+
+    def _mapper(self, index: int) -> GradCamMapper:
+        if index not in self.mappers:
+            path = self.source.models[index]
+            log.info("loading %s for activation maps", path)
+            self.mappers[index] = self._mapper_factory(path)
+        return self.mappers[index]
 
     def get(self, file: str, class_index: int) -> np.ndarray | None:
         with self._lock:
@@ -162,18 +187,26 @@ class CamProvider:
                 self._maps.move_to_end((file, class_index))
             return heatmap
 
-    def compute(self, file: str, class_index: int) -> np.ndarray:
-        """The map now, in the calling thread (the worker uses this); cached."""
+    def compute(self, file: str, class_index: int, row: int | None = None) -> np.ndarray:
+        """The map now, in the calling thread (the worker uses this); cached. `row` (the
+        predictions row of `file`) picks the model when rows were scored by different ones."""
         cached = self.get(file, class_index)
         if cached is not None:
             return cached
-        if self.model_path is None:
+        members = self.source.members(row)
+        if not members:
             raise RuntimeError(self.reason)
-        if self.mapper is None:
-            log.info("loading %s for activation maps", self.model_path)
-            self.mapper = self._mapper_factory(self.model_path)
-        pixels = network_pixels(self.voc_root / file, self.mapper.shorter_side)
-        heatmap = self.mapper.heatmap(pixels, class_index)
+        path = image_inside(self.voc_root, file)
+        if path is None:
+            raise ValueError(f"{file}: {outside_root_reason(self.voc_root)}")
+        pixels: dict[int, np.ndarray] = {}  # by shorter side: members may share a decode
+        maps = []
+        for index in members:
+            mapper = self._mapper(index)
+            if mapper.shorter_side not in pixels:
+                pixels[mapper.shorter_side] = network_pixels(path, mapper.shorter_side)
+            maps.append(mapper.heatmap(pixels[mapper.shorter_side], class_index))
+        heatmap = maps[0] if len(maps) == 1 else mean_of_maps(maps)
         with self._lock:
             self._maps[(file, class_index)] = heatmap
             while len(self._maps) > self.capacity:
@@ -181,14 +214,18 @@ class CamProvider:
         return heatmap
 
     def request(
-        self, file: str, class_index: int, on_done: Callable[[CamKey, str | None], None]
+        self,
+        file: str,
+        class_index: int,
+        on_done: Callable[[CamKey, str | None], None],
+        row: int | None = None,
     ) -> Future:
         """Compute in the worker thread; `on_done((file, class), error_or_None)` runs there."""
         key = (file, class_index)
 
         def job() -> None:
             try:
-                self.compute(file, class_index)
+                self.compute(file, class_index, row)
             except Exception as error:  # reported to the person, never swallowed
                 log.exception("activation map of %s failed", file)
                 on_done(key, f"{type(error).__name__}: {error}")

@@ -15,8 +15,8 @@ from PIL import Image
 from evaluation.ranking import TRUTH_WORDS, format_score
 from gui.cam import CamKey, CamProvider, overlay
 from gui.model import RankedImage, RankingModel
-from gui.review import MarksFileError, MarkStore
-from gui.thumbnails import decode_thumbnail, to_ppm
+from gui.review import MarksFileError, MarkStore, printable
+from gui.thumbnails import decode_inside, to_ppm
 
 CAM_READY = "-CAM-READY-"
 DETAIL_SIZE = (640, 480)
@@ -67,15 +67,11 @@ class DetailView:
 
     # -- layout --------------------------------------------------------------------------------
     def _layout(self) -> list[list[sg.Element]]:
-        cam_tip = (
-            "Grad-CAM of the selected class from the run's model_best.pt (key C)"
-            if self.cam.available
-            else self.cam.reason
-        )
+        cam_tip = self.cam.source.tooltip()
         marks_off = self.marks is None
         marks_tip = self.marks_problem or "saved next to the predictions file"
         return [
-            [sg.Text("", key="-TITLE-", font=("Helvetica", 11, "bold"), size=(90, 1))],
+            [sg.Text("", key="-TITLE-", font=("Helvetica", 11, "bold"), size=(100, 2))],
             [
                 sg.Image(key="-BIG-", size=DETAIL_SIZE),
                 sg.Table(
@@ -96,7 +92,7 @@ class DetailView:
                     disabled=not self.cam.available,
                     tooltip=cam_tip,
                 ),
-                sg.Text("" if self.cam.available else cam_tip, key="-CAM-STATUS-", size=(70, 1)),
+                sg.Text("" if self.cam.available else cam_tip, key="-CAM-STATUS-", size=(100, 2)),
             ],
             [
                 sg.Button(
@@ -125,15 +121,22 @@ class DetailView:
     def show(self) -> None:
         """Draw the image at `position`: picture, scores, mark, and the map if it is on."""
         item, model = self.item, self.model
-        self.picture, reason = decode_thumbnail(self.voc_root / item.file, DETAIL_SIZE)
-        where = (
-            "disagreements" if model.disagreements_only else "ranking"
-        ) + f" {self.position + 1:,} of {len(self.rows):,}"
+        self.picture, reason = decode_inside(self.voc_root, item.file, DETAIL_SIZE)
+        where = f"{model.view.words} {self.position + 1:,} of {len(self.rows):,}"
+        if model.label_errors_only:
+            quality = model.label_quality()
+            past = bool(quality.past_threshold[self.position])
+            where += (
+                f", label error score {format_score(float(quality.error_scores[self.position]))}"
+                + (", past the confident-learning threshold" if past else "")
+            )
+        name = printable(item.file)
         self.window["-TITLE-"].update(
-            f"{item.file}   rank {item.rank:,} for '{model.class_name}'  ({where})"
+            f"{name}   rank {item.rank:,} for '{model.class_name}'"
             + (f" — {reason}" if reason else "")
+            + f"\n({where})"
         )
-        self.window.set_title(item.file)
+        self.window.set_title(name)
         rows = [
             [name, format_score(score), TRUTH_WORDS[label]]
             for name, score, label in model.detail_rows(item.row)
@@ -162,13 +165,19 @@ class DetailView:
         heatmap = self.cam.get(*self.cam_key)
         if heatmap is not None:
             self.heatmap = heatmap
-            self.window["-CAM-STATUS-"].update(f"activation map of '{self.model.class_name}'")
+            self._show_cam_source()
             return
-        first = self.cam.mapper is None
+        first = not self.cam.loaded
         self.window["-CAM-STATUS-"].update(
             "computing…" + (" (loading the model the first time)" if first else "")
         )
-        self.cam.request(*self.cam_key, self._cam_done)
+        self.cam.request(*self.cam_key, self._cam_done, row=self.item.row)
+
+    def _show_cam_source(self) -> None:
+        """Say whose map is on screen: the file's model, the row's own model, or the mean."""
+        self.window["-CAM-STATUS-"].update(
+            f"activation map of '{self.model.class_name}' {self.cam.source.describe(self.item.row)}"
+        )
 
     def _cam_done(self, key: CamKey, error: str | None) -> None:  # runs in the worker thread
         if not self._closed:
@@ -201,7 +210,7 @@ class DetailView:
                 self.window["-CAM-STATUS-"].update(f"activation map failed: {error}"[:120])
             elif self.cam_on and key == self.cam_key:
                 self.heatmap = self.cam.get(*key)
-                self.window["-CAM-STATUS-"].update(f"activation map of '{self.model.class_name}'")
+                self._show_cam_source()
                 self._draw()
         elif event in ("-MARK-LABEL-", "-MARK-MODEL-") and self.marks is not None:
             mark = "label" if event == "-MARK-LABEL-" else "model"

@@ -8,9 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from gui.cam import CamProvider, model_file_for
-from gui.model import RankingModel
+from gui.cam import CamProvider
+from gui.camsource import cam_source_for
+from gui.imageroot import image_root_of
+from gui.model import RankingModel, View
 from gui.review import MarksFileError, MarkStore, marks_path
+from gui.runsplit import describe_split, split_file, split_switch_for
 from gui.thumbnails import ThumbnailCache
 from predictions import (
     Predictions,
@@ -18,8 +21,8 @@ from predictions import (
     RunNotFoundError,
     find_predictions_file,
     load_predictions,
-    voc_root_of,
 )
+from vocdata.paths import display_path
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +94,46 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def load_for_gui(predictions_arg: str | None, runs_dir: str) -> tuple[Predictions, Path]:
+def load_for_gui(
+    predictions_arg: str | None, runs_dir: str, split: str | None = None
+) -> tuple[Predictions, Path]:
     try:
-        path = find_predictions_file(predictions_arg, runs_dir)
+        if split:
+            path = split_file(predictions_arg, runs_dir, split)
+        else:
+            path = find_predictions_file(predictions_arg, runs_dir)
         return load_predictions(path), path
     except (RunNotFoundError, PredictionsFormatError) as error:
         raise LaunchError(f"Cannot open predictions: {error}") from error
 
 
+def switched_args(args: argparse.Namespace, app) -> argparse.Namespace:
+    """The options that open the file the person switched to, on the same class and review
+    view (from the whole ranking, the other file opens on its own default: the likely label
+    errors for the out-of-fold file, the ranking for val)."""
+    view = None if app.model.view is View.RANKING else app.model.view.value
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "predictions": str(app.switch_to),
+            "split": None,
+            "class_name": app.model.class_name,
+            "view": view,
+        }
+    )
+
+
 def launch(args: argparse.Namespace, started: float):
     """Load everything, open the window on the first page, and return the app."""
     check_layout_options(args)
-    predictions, path = load_for_gui(args.predictions, args.runs_dir)
+    predictions, path = load_for_gui(args.predictions, args.runs_dir, getattr(args, "split", None))
     if predictions.num_images == 0:
         raise LaunchError(
             f"Cannot open predictions: {path} holds no images (0 rows). Pass the predictions "
             f"file of a run that validated at least one image"
         )
-    voc_root = voc_root_of(predictions, args.voc_root)
+    image_root = image_root_of(predictions, args.voc_root)
+    voc_root = image_root.path
     if not voc_root.is_dir():
         raise LaunchError(
             f"Image folder not found: {voc_root}. Pass --voc-root (or set VOC_ROOT) "
@@ -127,10 +152,17 @@ def launch(args: argparse.Namespace, started: float):
             raise LaunchError(str(error.args[0])) from error
     else:
         model.set_class(first_class_with_positives(model))
+    view = getattr(args, "view", None)
+    if view is None and predictions.provenance.get("out_of_fold") and model.has_labels:
+        view = View.LABEL_ERRORS  # what an out-of-fold file is for
+    if view:
+        try:
+            model.set_view(view)
+        except ValueError as error:
+            raise LaunchError(f"--view {view}: {error}") from error
     size = (args.thumb_size, round(args.thumb_size * 0.75))
     cache = ThumbnailCache(voc_root, size=size)
-    model_file, no_model_reason = model_file_for(path)
-    cam = CamProvider(model_file, voc_root, reason=no_model_reason)
+    cam = CamProvider(cam_source_for(predictions, path), voc_root)
     marks, marks_problem = None, ""
     try:
         marks = MarkStore(marks_path(path))
@@ -138,16 +170,19 @@ def launch(args: argparse.Namespace, started: float):
         marks_problem = f"{error} Marks are off until then."
     from gui.app import BrowserApp
 
+    split_words = describe_split(predictions, path)
     app = BrowserApp(
         model,
         cache,
         columns=args.columns,
-        title=f"VOC ranking browser — {path}",
+        title=f"VOC ranking browser — {display_path(path)} — {split_words}",
         screens_dir=path.parent / "screens",
         started=started,
         cam=cam,
         marks=marks,
         marks_problem=marks_problem,
         exports_dir=path.parent / "exports",
+        source_line=f"{split_words} · {image_root.note}",
+        split_switch=split_switch_for(path),
     )
     return app

@@ -1,6 +1,11 @@
 """Going through the errors: where label and prediction disagree, marks a person leaves on
 them, and the CSV of a view. Pure Python and numpy, no GUI.
 
+Exported CSV files are opened in spreadsheets: a cell that begins with =, +, -, @, a tab or a
+carriage return is a formula there (CSV injection), so such a cell is written with a leading
+single quote, as OWASP recommends. File names that are not valid UTF-8 (read from the disk as
+surrogate escapes) are written with \\x escapes of their bytes, so the file stays UTF-8.
+
 The disagreement view of a class at threshold t lists the images labelled absent but scored
 above t, highest first (the likely label mistakes: a living room with an unlabelled sofa),
 then those labelled present but scored at or below t, lowest first (the positives the
@@ -22,10 +27,13 @@ import numpy as np
 
 from evaluation.ranking import TRUTH_WORDS
 from vocdata.atomic import atomic_write
+from vocdata.paths import SAFE_NAME_CHARACTERS, child_path
 
 MARK_WORDS = {"label": "label looks wrong", "model": "model wrong"}
 MARKS_FORMAT = "voc-gui-marks/1"
 CSV_COLUMNS = ("class", "rank", "file", "score", "label", "mark")
+# First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def disagreement_rows(
@@ -141,31 +149,87 @@ class ExportRow:
     score: float
     label: int | None  # None: the predictions file has no labels
     mark: str  # words, or ""
+    extra: tuple[str, ...] = ()  # the view's own columns (see `csv_text`'s extra_columns)
 
 
-def csv_text(rows: Iterable[ExportRow]) -> str:
-    """The rows as CSV with a header; scores with 6 significant digits (float32 precision)."""
+def is_undecodable(text: str) -> bool:
+    """True for a name holding bytes that are not UTF-8 (surrogate escapes, as Python reads
+    such file names from a Linux disk)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes of its surrogate escapes written as \\xNN (valid UTF-8, and a
+    person can still tell which file it is)."""
+    if not is_undecodable(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def escape_formula(cell: str) -> str:
+    """A cell a spreadsheet would run as a formula, quoted with a leading ' (OWASP)."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def unescape_formula(cell: str) -> str:
+    """The inverse of `escape_formula`, for programs that read an exported CSV back."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
+def csv_cell(value: object) -> str:
+    return escape_formula(printable(str(value)))
+
+
+def csv_text(rows: Iterable[ExportRow], extra_columns: tuple[str, ...] = ()) -> str:
+    """The rows as CSV with a header; scores with 6 significant digits (float32 precision).
+    Every cell is written UTF-8-safe and formula-safe (see the module text)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    # RFC 4180 line ends: a field holding a carriage return is then quoted too (with "\n"
+    # alone as the terminator the csv module leaves a lone "\r" bare, which splits the row).
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([csv_cell(c) for c in (*CSV_COLUMNS, *extra_columns)])
     for row in rows:
-        writer.writerow(
-            [
-                row.class_name,
-                row.rank,
-                row.file,
-                f"{row.score:.6g}",
-                "" if row.label is None else TRUTH_WORDS[row.label],
-                row.mark,
-            ]
+        if len(row.extra) != len(extra_columns):
+            raise ValueError(
+                f"row of {row.file!r} has {len(row.extra)} extra cells, expected "
+                f"{len(extra_columns)}"
+            )
+        cells = (
+            row.class_name,
+            row.rank,
+            row.file,
+            f"{row.score:.6g}",
+            "" if row.label is None else TRUTH_WORDS[row.label],
+            row.mark,
+            *row.extra,
         )
+        writer.writerow([csv_cell(c) for c in cells])
     return buffer.getvalue()
 
 
-def write_csv(path: str | os.PathLike[str], rows: Iterable[ExportRow]) -> Path:
+def write_csv(
+    path: str | os.PathLike[str], rows: Iterable[ExportRow], extra_columns: tuple[str, ...] = ()
+) -> Path:
     """Write the rows atomically; return the path."""
     path = Path(path)
-    text = csv_text(rows)
+    text = csv_text(rows, extra_columns)
     with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
     return path
+
+
+def safe_name_part(text: str) -> str:
+    """A name read from a file (a class name) made fit for a file name: every character
+    other than letters, digits and _ - . becomes _ (never empty, never . or ..)."""
+    cleaned = "".join(ch if ch in SAFE_NAME_CHARACTERS else "_" for ch in text)
+    return cleaned if cleaned.strip(".") else "_" + cleaned
+
+
+def output_file(folder: str | os.PathLike[str], *parts: str, suffix: str) -> Path:
+    """`folder/<part>-<part>...<suffix>` from sanitised parts, checked to stay inside
+    `folder` (`vocdata.paths.child_path` raises UnsafePathError otherwise)."""
+    return child_path(folder, "-".join(safe_name_part(p) for p in parts) + suffix)

@@ -1,7 +1,9 @@
 """Thumbnails: decoded off the event loop in a thread pool, kept in an LRU cache, and drawn as
 fixed-size tiles whose border says the truth (green contains, orange difficult, red absent).
 
-Tiles go to Tk as PPM, which it reads about ten times faster than PNG.
+Tiles go to Tk as PPM, which it reads about ten times faster than PNG. Images are read only
+from inside the dataset root actually used (symbolic links resolved): a name that leads out of
+it becomes a grey tile saying so.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from evaluation.ranking import TRUTH_COLOURS
-from vocdata.images import PLACEHOLDER_GREY, thumbnail_or_placeholder
+from vocdata.images import PLACEHOLDER_GREY, placeholder, thumbnail_or_placeholder
+from vocdata.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,28 @@ def decode_thumbnail(path: Path, size: tuple[int, int]) -> tuple[Image.Image, st
     if reason is not None:
         log.warning("cannot show %s: %s", path, reason)
     return thumb, reason
+
+
+def outside_root_reason(root: Path) -> str:
+    return f"outside the dataset root {root}: not read"
+
+
+def image_inside(root: Path, relative: str) -> Path | None:
+    """The file `relative` names under `root`, or None when it leads outside `root` (a link
+    pointing elsewhere): the one check before any image named by a file is opened."""
+    return resolve_inside(root, relative)
+
+
+def decode_inside(
+    root: Path, relative: str, size: tuple[int, int]
+) -> tuple[Image.Image, str | None]:
+    """`decode_thumbnail` of `root/relative`, or a grey tile naming it when it is outside."""
+    path = image_inside(root, relative)
+    if path is None:
+        reason = outside_root_reason(root)
+        log.warning("cannot show %s: %s", relative, reason)
+        return placeholder(size, Path(relative).name, "outside root"), reason
+    return decode_thumbnail(path, size)
 
 
 class ThumbnailCache:
@@ -67,7 +92,7 @@ class ThumbnailCache:
         image = self.get(relative)
         if image is not None:
             return image
-        image, reason = decode_thumbnail(self.voc_root / relative, self.size)
+        image, reason = decode_inside(self.voc_root, relative, self.size)
         with self._lock:
             if reason:
                 self.failed[relative] = reason

@@ -259,13 +259,16 @@ def test_activation_maps_for_both_backbones_without_a_screen(tmp_path):
     contract is checked here; where the map lies is checked in the window test)."""
     pytest.importorskip("pytorch_grad_cam")
     from gui.cam import CamProvider, GradCamMapper, align, overlay
+    from gui.camsource import CamSource
     from training.model import build_classifier
 
     (tmp_path / "JPEGImages").mkdir()
     Image.new("RGB", (80, 64), (200, 30, 30)).save(tmp_path / "JPEGImages" / "a.jpg")
     for arch in ("resnet18", "efficientnet_lite0"):
         mapper = GradCamMapper(build_classifier(arch, 20, weights="none"), arch, 64)
-        provider = CamProvider(Path("unused.pt"), tmp_path, mapper_factory=lambda _p, m=mapper: m)
+        provider = CamProvider(
+            CamSource((Path("unused.pt"),)), tmp_path, mapper_factory=lambda _p, m=mapper: m
+        )
         heatmap = provider.compute("JPEGImages/a.jpg", 3)
         assert heatmap.shape == (64, 80) and heatmap.dtype == np.float32
         assert heatmap.min() >= 0 and heatmap.max() <= 1
@@ -279,17 +282,23 @@ def test_activation_maps_for_both_backbones_without_a_screen(tmp_path):
 
 
 def test_no_model_file_means_no_activation_maps(tmp_path):
-    from gui.cam import CamProvider, model_file_for
+    from gui.cam import CamProvider
+    from gui.camsource import cam_source_for
+    from tests.test_camsource import fake_model_file
 
-    path, reason = model_file_for(tmp_path / "val_predictions.npz")
-    assert path is None and "model_best.pt" in reason
-    provider = CamProvider(path, tmp_path, reason=reason)
-    assert not provider.available and provider.reason == reason
+    predictions = hand_made().predictions
+    source = cam_source_for(predictions, tmp_path / "val_predictions.npz")
+    assert not source.available and "model_best.pt" in source.reason
+    provider = CamProvider(source, tmp_path)
+    assert not provider.available and provider.reason == source.reason
     with pytest.raises(RuntimeError, match=r"model_best\.pt"):
         provider.compute("JPEGImages/a.jpg", 0)
     provider.shutdown()
-    (tmp_path / "model_best.pt").write_bytes(b"")
-    assert model_file_for(tmp_path / "val_predictions.npz")[0] == tmp_path / "model_best.pt"
+    (tmp_path / "model_best.pt").write_bytes(b"")  # an empty file is no model
+    assert not cam_source_for(predictions, tmp_path / "val_predictions.npz").available
+    fake_model_file(tmp_path / "model_best.pt")
+    source = cam_source_for(predictions, tmp_path / "val_predictions.npz")
+    assert source.models == (tmp_path / "model_best.pt",)
 
 
 def test_a_mark_that_cannot_be_saved_is_not_kept_and_says_why(tmp_path):

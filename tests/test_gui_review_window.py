@@ -144,7 +144,7 @@ def test_activation_map_lies_on_the_square(display, square_run):
     app = open_app(predictions_file, "--voc-root", str(root))
     try:
         assert app.model.class_name == "aeroplane"  # class 0: "square present"
-        assert app.cam.available and app.cam.mapper is None  # not loaded at start-up
+        assert app.cam.available and not app.cam.loaded  # not loaded at start-up
         squares = [
             (slot, item)
             for slot, item in enumerate(app.displayed)

@@ -21,7 +21,12 @@ from vocdata.paths import PROJECT_ROOT
 PACKAGES = ("vocdata", "training", "predictions", "evaluation", "gui", "wsconv")
 # The metrics are pure numpy, low in the house: training validates with them, the GUI shows
 # them. The rest of evaluation (report, figures, grids) is used by nobody below it.
-METRICS = {"evaluation.metrics", "evaluation.ranking", "evaluation.tailacc"}
+METRICS = {
+    "evaluation.metrics",
+    "evaluation.ranking",
+    "evaluation.tailacc",
+    "evaluation.label_quality",
+}
 REPORT = {
     "evaluation.report",
     "evaluation.figures",
@@ -34,6 +39,7 @@ LOW_MODULES = METRICS | {
     "evaluation.tables",
     "evaluation.compare_table",
     "predictions.format",
+    "predictions.provenance",
     "predictions.ensemble",
 }
 
@@ -181,6 +187,7 @@ def test_gui_loads_a_model_only_lazily_through_load_model():
         "predictions.format",
         "evaluation.metrics",
         "evaluation.compare_table",
+        "evaluation.label_quality",
         "gui.model",
         "vocdata",
     ],
