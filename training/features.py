@@ -17,18 +17,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from training.config import TrainConfig
-from training.data import RunData, eval_view
+from training.data import RowSubset, RunData, eval_view
 from training.folds import Fold
 from training.model import MultiLabelClassifier
 from training.runtime import Runtime
 from vocdata.atomic import atomic_write
 from vocdata.cache import cache_key
 from vocdata.paths import resolve_project_path
+from vocdata.splits import VocSplit
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ class FeatureSet:
 
     plain: torch.Tensor  # (N, F) float32
     flipped: torch.Tensor  # (N, F) float32
+
+    def rows(self, rows: np.ndarray) -> FeatureSet:
+        """The features of rows `rows` (a fold's share of its split), in that order."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return FeatureSet(self.plain[index], self.flipped[index])
 
 
 def backbone_digest(model: MultiLabelClassifier) -> str:
@@ -130,6 +137,32 @@ def cached_features(
     return features
 
 
+def split_features(
+    model: MultiLabelClassifier,
+    dataset: Dataset,
+    split: VocSplit,
+    voc_root: Path,
+    config: TrainConfig,
+    runtime: Runtime,
+) -> FeatureSet:
+    """The features of every image of `split` (in split order), `dataset` being the split
+    with the evaluation transform: from the feature cache, or computed once and cached."""
+    cache_dir = resolve_project_path(config.cache_dir) if config.cache_dir else None
+    return cached_features(
+        model,
+        dataset,
+        split.name,
+        voc_root,
+        split.relative_paths,
+        config.image_size,
+        cache_dir,
+        runtime,
+        2 * config.batch_size,
+        config.workers,
+        progress=config.progress,
+    )
+
+
 def load_features(
     model: MultiLabelClassifier,
     data: RunData,
@@ -137,28 +170,24 @@ def load_features(
     runtime: Runtime,
     fold: Fold | None = None,
 ) -> dict[str, FeatureSet]:
-    """The features of what the run trains on ("train") and chooses its epoch on ("val"),
-    from the feature cache or computed once. In a fold run both are parts of the train split,
-    so the cache entries are named by the fold."""
-    cache_dir = resolve_project_path(config.cache_dir) if config.cache_dir else None
-    fold_suffix = "" if fold is None else f"-fold{fold.number}"
-    features = {}
-    for role, split, dataset in (
-        ("train", data.train_split, data.train_loader.dataset),
-        ("val", data.val_split, data.val_loader.dataset),
-    ):
-        eval_set = eval_view(dataset, data.voc_root, config.difficult, config.image_size)
-        features[role] = cached_features(
-            model,
-            eval_set,
-            f"{split.name}{fold_suffix}" if role == "train" else f"{role}{fold_suffix}",
-            data.voc_root,
-            split.relative_paths,
-            config.image_size,
-            cache_dir,
-            runtime,
-            2 * config.batch_size,
-            config.workers,
-            progress=config.progress,
-        )
-    return features
+    """The features of what the run trains on ("train") and chooses its epoch on ("val").
+    A fold run's two parts are rows of the train split, whose features are computed (or
+    read from the cache) once for the whole split and shared by every fold."""
+    train_set = data.train_loader.dataset
+    whole_train = train_set.dataset if isinstance(train_set, RowSubset) else train_set
+    full_train_split = whole_train.split
+    train = split_features(
+        model,
+        eval_view(whole_train, data.voc_root, config.difficult, config.image_size),
+        full_train_split,
+        data.voc_root,
+        config,
+        runtime,
+    )
+    if fold is not None:
+        return {"train": train.rows(fold.train_rows), "val": train.rows(fold.held_out_rows)}
+    val_set = eval_view(data.val_loader.dataset, data.voc_root, config.difficult, config.image_size)
+    return {
+        "train": train,
+        "val": split_features(model, val_set, data.val_split, data.voc_root, config, runtime),
+    }
