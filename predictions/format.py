@@ -102,12 +102,8 @@ class Predictions:
             f"= (number of files, number of class names)",
         )
         if labels is not None:
-            _check(
-                labels.shape == (n, c), f"labels have shape {labels.shape}, expected ({n}, {c})"
-            )
-            _check(
-                bool(np.isin(labels, (-1, 0, 1)).all()), "labels must be 1, 0 (difficult) or -1"
-            )
+            _check(labels.shape == (n, c), f"labels have shape {labels.shape}, expected ({n}, {c})")
+            _check(bool(np.isin(labels, (-1, 0, 1)).all()), "labels must be 1, 0 (difficult) or -1")
         _check(
             np.issubdtype(scores.dtype, np.floating), f"scores must be floats, not {scores.dtype}"
         )

@@ -112,10 +112,13 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def remove_abandoned(
-    folder: str | os.PathLike[str], min_age_s: float = ABANDONED_MIN_AGE_S
+    folder: str | os.PathLike[str],
+    min_age_s: float = ABANDONED_MIN_AGE_S,
+    name: str | None = None,
 ) -> list[Path]:
     """Delete the temporaries in `folder` (files and folders named `.*.tmp`, `.*.partial`,
-    `.*.old`) whose writer is gone: unlocked and older than `min_age_s`. Returns them."""
+    `.*.old`; with `name`, only those of that target) whose writer is gone: unlocked and
+    older than `min_age_s`. Returns them."""
     removed = []
     now = time.time()
     try:
@@ -123,8 +126,9 @@ def remove_abandoned(
     except OSError:
         return removed
     suffixes = (TEMPORARY_SUFFIX, STAGING_SUFFIX, REPLACED_SUFFIX)
+    start = "." if name is None else f".{name}."
     for entry in entries:
-        if not (entry.name.startswith(".") and entry.name.endswith(suffixes)):
+        if not (entry.name.startswith(start) and entry.name.endswith(suffixes)):
             continue
         try:
             age = now - entry.lstat().st_mtime
