@@ -240,7 +240,7 @@ def _remove_stale(cache_dir: Path, family: str, keep: Path, stem: str) -> None:
         if remove_entry(cache_dir / name, ENTRY_SUFFIXES):
             log.info("removed the outdated image cache %s", name)
         else:
-            log.info("kept the outdated image cache %s: it is in use", name)
+            log.debug("kept the outdated image cache %s: it is in use", name)
 
 
 def _cache_error(path: Path, error: OSError, needed: int | None = None) -> CacheError:
@@ -306,22 +306,13 @@ def open_or_build_cache(
         if problem is None:
             log.info("image cache hit: %s", prefix.name)
         else:
-            with entry_lock(prefix).acquired(
-                f"waiting for another process that is building the image cache {prefix}"
-            ):
+            waiting = f"waiting for another process that is building the image cache {prefix}"
+            with entry_lock(prefix).acquired(waiting):
                 problem = cache_problem(prefix, key, relative_paths)  # built while we waited?
                 if problem is not None:
-                    _rebuild(
-                        prefix,
-                        problem,
-                        voc_root,
-                        relative_paths,
-                        shorter_side,
-                        key,
-                        workers,
-                        progress,
-                    )
-            _remove_stale(cache_dir, family, prefix, stem)
+                    arguments = (voc_root, relative_paths, shorter_side, key, workers, progress)
+                    _rebuild(prefix, problem, *arguments)
+        _remove_stale(cache_dir, family, prefix, stem)
         cache = ImageCache(prefix, in_use)
     except BaseException:
         in_use.release()
