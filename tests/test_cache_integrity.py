@@ -90,7 +90,9 @@ DAMAGE: list[tuple[str, str, Callable[[Path], None]]] = [
 
 
 @pytest.mark.parametrize(("damage", "suffix", "apply"), DAMAGE, ids=[d[0] for d in DAMAGE])
-def test_a_damaged_cache_is_rebuilt_with_a_warning(tiny_voc, tmp_path, caplog, damage, suffix, apply):
+def test_a_damaged_cache_is_rebuilt_with_a_warning(
+    tiny_voc, tmp_path, caplog, damage, suffix, apply
+):
     first = _open(tiny_voc, tmp_path)
     first.close()
     apply(_with_suffix(first.prefix, suffix))
@@ -128,9 +130,7 @@ def test_a_run_on_a_zeroed_cache_rebuilds_it_and_predicts_from_the_true_pixels(t
         assert main_train.main(args) == 0
     finally:
         logger.removeHandler(handler)
-    assert any(
-        r.levelno == logging.WARNING and "is damaged" in r.getMessage() for r in records
-    )
+    assert any(r.levelno == logging.WARNING and "is damaged" in r.getMessage() for r in records)
     # The stored predictions are what the saved model gives on the real images.
     assert_run_scores_match_saved_model(runs / "again", tiny_voc.root)
 
