@@ -144,9 +144,13 @@ class LockFile:
 
 
 @contextlib.contextmanager
-def holding(path: str | os.PathLike[str]) -> Iterator[int]:
+def holding(path: str | os.PathLike[str]) -> Iterator[int | None]:
     """Keep an exclusive lock on the existing file or folder `path` (its open descriptor is
-    yielded) so that `is_abandoned(path)` is False until the block ends."""
+    yielded; None where locking is unavailable) so that `is_abandoned(path)` is False until
+    the block ends."""
+    if fcntl is None:
+        yield None
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         wait_lock(fd)  # at most a clean-up's momentary probe holds it
