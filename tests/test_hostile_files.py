@@ -499,3 +499,49 @@ def test_too_little_room_is_said_before_scoring_and_a_full_disk_names_path_and_s
     assert f"Cannot write {out}" in message and "No space left on device" in message
     assert f"needs up to {needed_mb}" in message and "nothing was written" in message
     assert not list(out.parent.iterdir())
+
+
+# -- the caps and the root's origin, as the library states them ----------------------------------
+@pytest.mark.parametrize(
+    ("classes", "file_name", "words"),
+    [
+        (tuple(f"c{i}" for i in range(1001)), "a.jpg", "1,001 classes, more than the 1,000"),
+        (("cat",), "x" * 2000 + ".jpg", "2,004 characters in a file name"),
+        (("c" * 150,), "a.jpg", "150 characters in a class name"),
+    ],
+)
+def test_the_documented_caps_are_checked_from_the_headers(tmp_path, classes, file_name, words):
+    from predictions import load_predictions
+
+    path = _raw_npz(tmp_path / "big.npz", **_unlabelled_arrays(classes, (file_name,)))
+    with pytest.raises(PredictionsFormatError, match=words.replace("(", r"\(")):
+        load_predictions(path)
+
+
+def test_image_root_of_says_where_the_root_comes_from(tmp_path, monkeypatch):
+    stored, configured = tmp_path / "stored", tmp_path / "configured"
+    stored.mkdir()
+    configured.mkdir()
+    predictions = Predictions(
+        np.zeros((1, 1), np.float32), None, ("a.jpg",), ("cat",), {"voc_root": str(stored)}
+    )
+    by_file = image_root_of(predictions)
+    assert by_file.path == stored and by_file.named_by_file
+    assert by_file.note == f"images from {stored}, named by the file"
+
+    given = image_root_of(predictions, str(configured))
+    assert given.path == configured and not given.named_by_file
+    assert given.source == "--voc-root" and given.note.endswith("(--voc-root)")
+
+    monkeypatch.setenv("VOC_ROOT", str(stored))  # the file names the user's own root
+    same = image_root_of(predictions)
+    assert same.path == stored and same.source == "$VOC_ROOT" and not same.named_by_file
+
+    missing = Predictions(
+        np.zeros((1, 1), np.float32), None, ("a.jpg",), ("cat",), {"voc_root": "/no/such"}
+    )
+    monkeypatch.setenv("VOC_ROOT", str(configured))
+    fallback = image_root_of(missing)
+    assert fallback.path == configured and fallback.note.endswith("($VOC_ROOT)")
+    monkeypatch.delenv("VOC_ROOT")
+    assert image_root_of(missing).source == "default"
