@@ -253,7 +253,7 @@ def _cache_error(path: Path, error: OSError, needed: int | None = None) -> Cache
             space += ")"
     return CacheError(
         f"Cannot write the image cache {path}: {error.strerror or error}{space}. Free some "
-        f"space, pass --cache-dir with another folder, or --no-cache"
+        f"space, or pass --cache-dir with another folder (none: no image cache)"
     )
 
 
