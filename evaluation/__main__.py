@@ -9,7 +9,13 @@ from pathlib import Path
 
 from evaluation import crossval
 from evaluation.compare import MARKDOWN_FILENAME, PDF_FILENAME, ComparisonError, compare_runs
-from evaluation.report import ReportInputError, ReportInputs, load_inputs, write_report
+from evaluation.report import (
+    ReportInputError,
+    ReportInputs,
+    ReportSummary,
+    load_inputs,
+    write_report,
+)
 from evaluation.tailacc import DEFAULT_NUM_THRESHOLDS, MAX_THRESHOLDS, MIN_THRESHOLDS
 from evaluation.unlabelled import write_unlabelled_report
 from predictions import (
@@ -20,10 +26,14 @@ from predictions import (
     resolve_run_dir,
 )
 from predictions.runs import HISTORY_FILENAME
-from vocdata.atomic import probe_writable
+from vocdata.atomic import atomic_folder, probe_writable, remove_abandoned
 from vocdata.jsonio import JsonFileError
 from vocdata.options import add_runs_dir_option, add_voc_root_option
-from vocdata.paths import display_path, project_relative, resolve_project_path
+from vocdata.paths import UnsafePathError, display_path, project_relative, resolve_project_path
+
+# What a report folder holds (figures, report.md, grids.json, summary.json): a folder holding
+# anything else is not replaced by a new report.
+REPORT_SUFFIXES = (".png", ".pdf", ".md", ".json")
 
 
 def _count_in(low: int, high: int | None):
@@ -152,16 +162,59 @@ def check_classes(text: str | None, inputs: ReportInputs) -> list[str] | None:
     return classes
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before any work when the report folder cannot be written."""
+def check_replaceable(out_dir: Path) -> None:
+    """A new report replaces `out_dir` whole: refuse when something there is not a report's
+    (a file in the way, a folder holding sub-folders or other files), so --out never deletes
+    anything but an old report."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ReportInputError(
+            f"Cannot write the report into {display_path(out_dir)}: something that is not a "
+            f"folder is in the way. Move it, or pass --out with another folder"
+        )
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe_writable(out_dir)
+        foreign = [
+            entry.name
+            for entry in sorted(out_dir.iterdir())
+            if entry.is_symlink() or not entry.is_file() or entry.suffix not in REPORT_SUFFIXES
+        ]
+    except OSError as error:
+        raise ReportInputError(
+            f"Cannot write the report into {display_path(out_dir)} ({error.strerror or error}):"
+            f" pass --out with a writable folder"
+        ) from None
+    if foreign:
+        raise ReportInputError(
+            f"Cannot write the report into {display_path(out_dir)}: it holds {foreign[0]!r}, "
+            f"which is not part of a report, and a new report replaces the folder whole. Move "
+            f"it away, or pass --out with a new or empty folder"
+        )
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when the report folder cannot be written: the new report is
+    written beside it first (then swapped in), so its parent folder must be writable."""
+    check_replaceable(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe_writable(out_dir.parent)
     except OSError as error:
         raise ReportInputError(
             f"Cannot write the report into {display_path(out_dir)} "
             f"({error.strerror or error}): pass --out with a writable folder"
         ) from error
+    remove_abandoned(out_dir.parent, name=out_dir.name)
+
+
+def tailacc_line(summary: ReportSummary) -> str:
+    """The Tailacc part of the closing line; says why when it is undefined."""
+    if summary.tailacc_classes == 0:
+        return "Tailacc undefined (no image scored above 0.5 for any class)"
+    return (
+        f"Tailacc mean {summary.tailacc_mean_first:.3f} at t=0.5 -> "
+        f"{summary.tailacc_mean_last:.3f} at the highest t"
+    )
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -196,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             parser.error(f"--compare reads each run's own predictions: drop {', '.join(given)}")
         return compare(args)
+    out_dir: Path | None = None
     try:
         predictions = resolve_project_path(args.predictions) if args.predictions else None
         run_dir = pick_run_dir(args.run, args.runs_dir, predictions)
@@ -205,44 +259,50 @@ def main(argv: list[str] | None = None) -> int:
         )
         classes = check_classes(args.classes, inputs)
         check_writable(out_dir)
-        if inputs.predictions.labels is None:
-            unlabelled = write_unlabelled_report(
-                inputs.predictions,
-                out_dir,
-                source=predictions or run_dir / PREDICTIONS_FILENAME,
-                voc_root=args.voc_root,
-                classes=classes,
-                k=args.k,
-            )
-            print(f"no labels: {unlabelled.images:,} images ranked, AP needs labels")
-            print(f"report: {project_relative(out_dir / 'report.pdf')} and report.md")
-            return 0
-        summary = write_report(
-            inputs,
-            out_dir,
-            voc_root=args.voc_root,
-            classes=classes,
-            k=args.k,
-            num_thresholds=args.thresholds,
-            seed=args.seed,
-            difficult=args.difficult,
-        )
-    except (ReportInputError, PredictionsFormatError, RunNotFoundError) as error:
+        # Written beside out_dir, then swapped in whole: a failure leaves the old report.
+        with atomic_folder(out_dir) as staging:
+            if inputs.predictions.labels is None:
+                unlabelled = write_unlabelled_report(
+                    inputs.predictions,
+                    staging,
+                    source=predictions or run_dir / PREDICTIONS_FILENAME,
+                    voc_root=args.voc_root,
+                    classes=classes,
+                    k=args.k,
+                )
+            else:
+                summary = write_report(
+                    inputs,
+                    staging,
+                    voc_root=args.voc_root,
+                    classes=classes,
+                    k=args.k,
+                    num_thresholds=args.thresholds,
+                    seed=args.seed,
+                    difficult=args.difficult,
+                )
+    except (ReportInputError, PredictionsFormatError, RunNotFoundError, UnsafePathError) as error:
         # Only the errors that describe the user's input; anything else is a bug and keeps
         # its traceback.
         logging.getLogger("evaluation").error("%s", error.args[0] if error.args else error)
         return 2
     except OSError as error:  # e.g. the disk filled up while writing the figures
+        where = display_path(out_dir) if out_dir else error.filename or "the report"
         logging.getLogger("evaluation").error(
-            "cannot write %s (%s): pass --out with a writable folder",
-            error.filename or "the report",
+            "cannot write the report into %s (%s%s): the previous report there, if any, is "
+            "unchanged. Free some space, or pass --out with a writable folder",
+            where,
             error.strerror or error,
+            f": {error.filename}" if error.filename else "",
         )
         return 2
+    if inputs.predictions.labels is None:
+        print(f"no labels: {unlabelled.images:,} images ranked, AP needs labels")
+        print(f"report: {project_relative(out_dir / 'report.pdf')} and report.md")
+        return 0
     print(
         f"mAP {summary.map_sklearn:.4f} (scikit-learn) / {summary.map_voc:.4f} (VOC devkit) "
-        f"over {summary.classes_in_map} classes; Tailacc mean {summary.tailacc_mean_first:.3f} "
-        f"at t=0.5 -> {summary.tailacc_mean_last:.3f} at the highest t"
+        f"over {summary.classes_in_map} classes; {tailacc_line(summary)}"
     )
     if summary.cross_validation is not None:
         print(crossval.estimate_line(summary.cross_validation))

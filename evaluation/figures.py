@@ -104,6 +104,16 @@ def tailacc_figure(curves: TailaccCurves, class_names: Sequence[str]) -> Figure:
         color="black",
         label=f"mean over classes ({int(curves.classes_in_mean.max(initial=0))})",
     )
+    if np.isnan(curves.mean).all():
+        ax.text(
+            0.5,
+            0.5,
+            "Tailacc is undefined: no image is scored above 0.5 for any class",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=11,
+        )
     ax.invert_xaxis()
     ax.set(
         xlabel="share of the class's images scored above 0.5 that are kept (%)  "

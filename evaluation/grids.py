@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from evaluation.ranking import TRUTH_COLOURS, TRUTH_WORDS, format_score, top_and_bottom
 from predictions import Predictions
-from vocdata.images import thumbnail_or_placeholder
+from vocdata.images import placeholder, thumbnail_or_placeholder
+from vocdata.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,18 @@ def class_grids(predictions: Predictions, class_name: str, k: int) -> ClassGrids
 
 
 def load_tile(voc_root: Path, relative: str) -> np.ndarray:
-    """The image as an RGB thumbnail array; a grey placeholder (logged) if it cannot be read."""
-    tile, reason = thumbnail_or_placeholder(voc_root / relative, (TILE, TILE))
+    """The image as an RGB thumbnail array; a grey placeholder (logged) if it cannot be read
+    or lies outside `voc_root` once links are resolved (a crafted predictions file may name
+    `../../etc/passwd` through a link: it is never opened)."""
+    path = resolve_inside(voc_root, relative)
+    if path is None:
+        log.warning(
+            "grid image %s is outside the dataset root %s: drawn as a placeholder tile",
+            relative,
+            voc_root,
+        )
+        return np.asarray(placeholder((TILE, TILE), Path(relative).name, "outside the root"))
+    tile, reason = thumbnail_or_placeholder(path, (TILE, TILE))
     if reason is not None:
         log.warning("grid image %s unreadable (%s): drawn as a placeholder tile", relative, reason)
     return np.asarray(tile)

@@ -2,12 +2,16 @@
 
 Reads only the run folder (predictions file, history.json, config.json) and the images of
 the grids; everything it needs to know about training was written there by the trainer.
+Every one of those files may be damaged or crafted: each is checked before it is used (a
+JSON file that does not load, a value of the wrong type, a class name that is not a plain
+name: one line naming the file), and every file name the report writes is checked to stay
+in its folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +38,18 @@ from evaluation.metrics import (
 )
 from evaluation.tables import markdown_table
 from evaluation.tailacc import tailacc_curves
-from predictions import PREDICTIONS_FILENAME, Predictions, load_predictions, voc_root_of
+from predictions import (
+    PREDICTIONS_FILENAME,
+    ImageRoot,
+    Predictions,
+    image_root_of,
+    load_predictions,
+)
 from predictions.runs import CONFIG_FILENAME, HISTORY_FILENAME, RUN_PROVENANCE_FILENAME
 from vocdata.atomic import atomic_write
-from vocdata.paths import project_relative
+from vocdata.jsonio import JsonFileError, read_json, write_json
+from vocdata.paths import child_path, project_relative
+from vocdata.splits import DifficultMode
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +69,12 @@ class ReportInputs:
     produced_by: dict[str, Any] | None = None  # the run's provenance.json (older runs: None)
 
 
+def _is_number(value: Any, none_ok: bool = True) -> bool:
+    if value is None:
+        return none_ok
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def load_history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / HISTORY_FILENAME
     if not path.is_file():
@@ -65,16 +83,73 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
             f"main_train.py writes after every epoch. Is {run_dir} a run folder?"
         )
     try:
-        history = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ReportInputError(f"{path} is not valid JSON ({error})") from error
-    if not isinstance(history, list) or not history:
+        history = read_json(path, "a run's history.json", list)
+    except JsonFileError as error:
+        raise ReportInputError(f"{error}: restore it from a backup or train again") from None
+    if not history:
         raise ReportInputError(f"{path} holds no epochs")
     for record in history:
+        if not isinstance(record, dict):
+            raise ReportInputError(f"{path}: an epoch record is not a JSON object")
         missing = [key for key in HISTORY_KEYS if key not in record]
         if missing:
             raise ReportInputError(f"{path}: an epoch record lacks {', '.join(missing)}")
+        if not isinstance(record["epoch"], int) or not all(
+            _is_number(record[key]) for key in HISTORY_KEYS[1:]
+        ):
+            raise ReportInputError(
+                f"{path}: an epoch record holds something other than numbers "
+                f"({', '.join(HISTORY_KEYS)}): restore it from a backup or train again"
+            )
     return history
+
+
+def check_provenance(path: Path, provenance: dict[str, Any]) -> None:
+    """The provenance values the report computes with have the types it expects (a crafted
+    or damaged file is one line naming it, not a traceback in the middle of a figure)."""
+
+    def refuse(key: str, expected: str) -> ReportInputError:
+        value = repr(provenance.get(key))[:60]
+        return ReportInputError(
+            f"{path}: its provenance holds {key} = {value}, expected {expected}: restore the "
+            f"file or score again with python -m predictions"
+        )
+
+    for key in ("val_map", "cv_map_mean", "cv_map_std", "ensemble_val_map"):
+        if not _is_number(provenance.get(key)):
+            raise refuse(key, "a number")
+    difficult = provenance.get("difficult", "ignore")
+    if difficult not in {mode.value for mode in DifficultMode}:
+        raise refuse("difficult", "ignore, positive or negative")
+    if not isinstance(provenance.get("train_positives", {}), dict):
+        raise refuse("train_positives", "a JSON object")
+    folds = provenance.get("folds")
+    if folds is None:
+        return
+    if not isinstance(folds, int) or isinstance(folds, bool) or not 1 <= folds <= 100:
+        raise refuse("folds", "a whole number from 1 to 100")
+    if folds == 1:
+        return
+    epochs, heldout = provenance.get("fold_epochs"), provenance.get("fold_heldout_map")
+    if not isinstance(epochs, list) or len(epochs) != folds:
+        raise refuse("fold_epochs", f"a list of {folds} epochs")
+    if not all(isinstance(epoch, int) for epoch in epochs):
+        raise refuse("fold_epochs", f"a list of {folds} epochs")
+    if not isinstance(heldout, list) or len(heldout) != folds or not all(map(_is_number, heldout)):
+        raise refuse("fold_heldout_map", f"a list of {folds} numbers")
+    alone = provenance.get("fold_val_map_alone")
+    if alone is not None and (
+        not isinstance(alone, list) or len(alone) != folds or not all(map(_is_number, alone))
+    ):
+        raise refuse("fold_val_map_alone", f"a list of {folds} numbers")
+
+
+def _check_fold_history(path: Path, history: list[dict[str, Any]]) -> None:
+    if not all(isinstance(record.get("fold"), int) for record in history):
+        raise ReportInputError(
+            f"{path}: the run is cross-validated but an epoch record names no fold (a whole "
+            f"number): restore the file"
+        )
 
 
 def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportInputs:
@@ -87,11 +162,15 @@ def load_inputs(run_dir: Path, predictions_path: Path | None = None) -> ReportIn
         )
     if predictions.labels is None:  # the unlabelled report shows no training curves
         return ReportInputs(run_dir, predictions, [], None)
+    check_provenance(path, predictions.provenance)
     config = _optional_json(run_dir / CONFIG_FILENAME, "the hyperparameters")
     produced_by = _optional_json(
         run_dir / RUN_PROVENANCE_FILENAME, "the loss code and package versions of the run"
     )
-    return ReportInputs(run_dir, predictions, load_history(run_dir), config, produced_by)
+    history = load_history(run_dir)
+    if crossval.is_cross_validated(predictions.provenance):
+        _check_fold_history(run_dir / HISTORY_FILENAME, history)
+    return ReportInputs(run_dir, predictions, history, config, produced_by)
 
 
 def _optional_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -100,15 +179,12 @@ def _optional_json(path: Path, what: str) -> dict[str, Any] | None:
         log.warning("%s not found: the report says %s were not recorded", path, what)
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return read_json(path, f"the file a run writes there ({what})", dict)
+    except JsonFileError as error:
         raise ReportInputError(
-            f"{path} is not valid JSON ({error}): restore it, or move it away to get a report "
-            f"that says {what} were not recorded"
-        ) from error
-    if not isinstance(data, dict):
-        raise ReportInputError(f"{path} does not hold a JSON object: restore it")
-    return data
+            f"{error}: restore it, or move it away to get a report that says {what} were not "
+            f"recorded"
+        ) from None
 
 
 @dataclass
@@ -162,11 +238,12 @@ def _software(produced_by: dict[str, Any] | None) -> str:
         return f"not recorded (the run folder has no {RUN_PROVENANCE_FILENAME})"
     git = produced_by.get("git")
     commit = "not recorded (no git checkout)"
-    if git:
-        commit = git["commit"] + (
+    if isinstance(git, dict) and git.get("commit"):
+        commit = str(git["commit"]) + (
             " with uncommitted changes" if git.get("uncommitted_changes") else ""
         )
-    packages = produced_by.get("packages") or {}
+    packages = produced_by.get("packages")
+    packages = packages if isinstance(packages, dict) else {}
     return "\n".join(
         [
             f"git commit   {commit}",
@@ -215,9 +292,11 @@ def _metrics_table(
     return header, rows
 
 
-def _save_figure(figure: Figure, out_dir: Path, stem: str, written: list[str]) -> None:
+def save_figure(figure: Figure, out_dir: Path, stem: str, written: list[str]) -> None:
+    """`<stem>.png` and `<stem>.pdf` in `out_dir`; `stem` may hold a class name, so the names
+    are checked to stay in `out_dir` (vocdata.paths.child_path)."""
     for suffix in (".png", ".pdf"):
-        with atomic_write(out_dir / f"{stem}{suffix}") as tmp:
+        with atomic_write(child_path(out_dir, f"{stem}{suffix}")) as tmp:
             figure.savefig(tmp, format=suffix[1:], dpi=130)
         written.append(f"{stem}{suffix}")
 
@@ -261,7 +340,9 @@ def write_report(
     )
     grid_classes = pick_grid_classes(preds, classes, 3, seed)
     grids = [class_grids(preds, name, k) for name in grid_classes]
-    voc_root_path = voc_root_of(preds, voc_root)
+    image_root = image_root_of(preds, voc_root)
+    if image_root.named_by_file:
+        log.warning("grid %s: pass --voc-root to read them from elsewhere", image_root.note)
     best_epoch = preds.provenance.get("epoch")
 
     figures: list[tuple[str, Figure]] = [
@@ -289,9 +370,9 @@ def write_report(
         )
     )
     figures.append(("tailacc", tailacc_figure(curves, preds.class_names)))
-    figures += [(f"grid_{g.class_name}", grid_figure(g, voc_root_path)) for g in grids]
+    figures += [(f"grid_{g.class_name}", grid_figure(g, image_root.path)) for g in grids]
     for stem, figure in figures:
-        _save_figure(figure, out_dir, stem, written)
+        save_figure(figure, out_dir, stem, written)
 
     summary = ReportSummary(
         map_sklearn=map_sklearn.value,
@@ -306,29 +387,55 @@ def write_report(
         if crossval.is_cross_validated(preds.provenance)
         else None,
     )
-    _write_grids_json(out_dir / "grids.json", grids, written)
-    text_blocks = _text_blocks(inputs, summary, difficult, voc_root_path, k, num_thresholds)
+    write_grids_json(child_path(out_dir, "grids.json"), grids, written)
+    text_blocks = _text_blocks(inputs, summary, difficult, image_root, k, num_thresholds)
     _write_markdown(
-        out_dir / "report.md", inputs, summary, text_blocks, header, rows, figures, written
+        child_path(out_dir, "report.md"),
+        inputs,
+        summary,
+        text_blocks,
+        header,
+        rows,
+        figures,
+        written,
     )
-    _write_pdf(out_dir / "report.pdf", text_blocks, figures, written)
+    _write_pdf(child_path(out_dir, "report.pdf"), text_blocks, figures, written)
     summary.files = [*written, "summary.json"]
-    with atomic_write(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+    write_json(child_path(out_dir, "summary.json"), json_ready(summary.__dict__))
     return summary
 
 
-def _write_grids_json(path: Path, grids: list[ClassGrids], written: list[str]) -> None:
+def json_ready(value: Any) -> Any:
+    """`value` with every NaN (an undefined number) as None: summary.json stays valid JSON."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def write_grids_json(path: Path, grids: list[ClassGrids], written: list[str]) -> None:
+    """Which images each grid shows, with rank, score and label (for scripts and tests)."""
     data = {
         g.class_name: {"top": [t.__dict__ for t in g.top], "bottom": [t.__dict__ for t in g.bottom]}
         for g in grids
     }
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(path, data)
     written.append(path.name)
 
 
 def _tailacc_sentences(summary: ReportSummary, num_thresholds: int) -> str:
+    if summary.tailacc_classes == 0 or np.isnan(summary.tailacc_mean_first):
+        return (
+            "Tailacc is undefined here: no image of the evaluated set is scored above 0.5 for "
+            "any class (with the difficult mode, among the images that count), so the "
+            "classifier says 'absent' to every class of every image and there is no confident "
+            "prediction whose accuracy could be measured. The average precision above still "
+            "ranks the images; a model trained longer, or with more positives per class, "
+            "usually scores some images above 0.5."
+        )
     return (
         f"Averaged over the {summary.tailacc_classes} classes that have images scored above "
         f"0.5, Tailacc is {summary.tailacc_mean_first:.3f} at t = 0.5 and "
@@ -343,7 +450,7 @@ def _text_blocks(
     inputs: ReportInputs,
     summary: ReportSummary,
     difficult: str,
-    voc_root: Path,
+    image_root: ImageRoot,
     k: int,
     num_thresholds: int,
 ) -> list[tuple[str, str]]:
@@ -353,7 +460,7 @@ def _text_blocks(
     difficult_counts = (preds.labels == 0).sum(axis=0)
     train_positives = prov.get("train_positives", {})
     counts = "\n".join(
-        f"{name:<12} {train_positives.get(name, '?'):>5} / {int(p):>4} positive  "
+        f"{name:<12} {train_positives.get(name, '?')!s:>5} / {int(p):>4} positive  "
         f"{int(d):>4} difficult (val)"
         for name, p, d in zip(preds.class_names, positives, difficult_counts, strict=True)
     )
@@ -380,7 +487,7 @@ def _text_blocks(
             "Data",
             f"Pascal VOC 2012, official split: {train_count} train images, "
             f"{preds.num_images} val images (one sample per image).\n"
-            f"dataset root {project_relative(voc_root)}; difficult mode '{difficult}'\n"
+            f"{image_root.note}; difficult mode '{difficult}'\n"
             f"per class: train / val images that contain it, and val images where it is only "
             f"difficult\n"
             f"{counts}",

@@ -7,7 +7,6 @@ they are not computed (no NaN tables) and the report says so in its first lines.
 
 from __future__ import annotations
 
-import json
 import logging
 import textwrap
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from matplotlib.figure import Figure
 
 from evaluation.figures import PAGE, text_page
 from evaluation.grids import class_grids, grid_figure
-from predictions import Predictions, voc_root_of
+from evaluation.report import save_figure, write_grids_json
+from predictions import Predictions, image_root_of
 from vocdata.atomic import atomic_write
-from vocdata.paths import project_relative
+from vocdata.jsonio import write_json
+from vocdata.paths import child_path, project_relative
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,17 @@ def no_labels_statement(predictions: Predictions) -> str:
         f"figures show how the scores are distributed per class and which images the model "
         f"ranks highest and lowest; to measure the model, score a labelled VOC-layout split "
         f"(python -m predictions --voc-root ROOT --split SPLIT)."
+    )
+
+
+def nothing_found_statement(predictions: Predictions) -> str | None:
+    """What to say when no image is scored above 0.5 for any class; None otherwise."""
+    if (predictions.scores > 0.5).any():
+        return None
+    return (
+        "No image is scored above 0.5 for any class: the model finds none of its classes in "
+        "these images (or they are unlike what it was trained on). The rankings below still "
+        "order the images by score, but even the top ones are below the decision threshold."
     )
 
 
@@ -102,26 +114,24 @@ def write_unlabelled_report(
     log.warning("%s", statement)
     grid_classes = pick_unlabelled_grid_classes(predictions, classes, 3)
     grids = [class_grids(predictions, name, k) for name in grid_classes]
-    root = voc_root_of(predictions, voc_root)
+    image_root = image_root_of(predictions, voc_root)
+    if image_root.named_by_file:
+        log.warning("grid %s: pass --voc-root to read them from elsewhere", image_root.note)
     figures = [("score_histograms", score_histograms_figure(predictions))]
-    figures += [(f"grid_{g.class_name}", grid_figure(g, root)) for g in grids]
+    figures += [(f"grid_{g.class_name}", grid_figure(g, image_root.path)) for g in grids]
     written: list[str] = []
     for stem, figure in figures:
-        for suffix in (".png", ".pdf"):
-            with atomic_write(out_dir / f"{stem}{suffix}") as tmp:
-                figure.savefig(tmp, format=suffix[1:], dpi=130)
-            written.append(f"{stem}{suffix}")
+        save_figure(figure, out_dir, stem, written)
 
-    grids_data = {
-        g.class_name: {"top": [t.__dict__ for t in g.top], "bottom": [t.__dict__ for t in g.bottom]}
-        for g in grids
-    }
-    _write_text(out_dir / "grids.json", json.dumps(grids_data, indent=2) + "\n", written)
+    write_grids_json(child_path(out_dir, "grids.json"), grids, written)
     prov = predictions.provenance
-    models = prov.get("models") or [{"path": prov.get("run"), "arch": prov.get("arch")}]
+    models = prov.get("models")
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        models = [{"path": prov.get("run"), "arch": prov.get("arch")}]
+    nothing_found = nothing_found_statement(predictions)
     about = (
         f"predictions  {project_relative(source)}\n"
-        f"images       {predictions.num_images:,} under {project_relative(root)}"
+        f"images       {predictions.num_images:,}: {image_root.note}"
         f" ({prov.get('skipped_count', 0)} file(s) skipped when scoring)\n"
         f"models       {', '.join(str(m.get('path')) for m in models)}\n"
         f"averaging    {prov.get('ensemble_rule') or 'single model'}; TTA {prov.get('tta', 'none')}"
@@ -130,11 +140,15 @@ def write_unlabelled_report(
     blocks = [("No labels", textwrap.fill(statement, 100)), ("What was scored", about)]
     markdown = [f"# Report: {source.stem} (unlabelled)\n", f"**{statement}**\n"]
     markdown.append(f"```\n{about}\n```\n")
+    if nothing_found:
+        log.warning("%s", nothing_found)
+        blocks.append(("Nothing above 0.5", textwrap.fill(nothing_found, 100)))
+        markdown.append(f"{nothing_found}\n")
     markdown.append("## Score distribution\n\n![score histograms](score_histograms.png)\n")
     for stem, _ in figures[1:]:
         markdown.append(f"## Ranked images: {stem[5:]}\n\n![{stem}]({stem}.png)\n")
-    _write_text(out_dir / "report.md", "\n".join(markdown), written)
-    with atomic_write(out_dir / "report.pdf") as tmp, PdfPages(tmp) as pdf:
+    _write_text(child_path(out_dir, "report.md"), "\n".join(markdown), written)
+    with atomic_write(child_path(out_dir, "report.pdf")) as tmp, PdfPages(tmp) as pdf:
         pdf.savefig(text_page("Report (unlabelled images)", blocks))
         for _, figure in figures:
             pdf.savefig(figure)
@@ -151,7 +165,7 @@ def write_unlabelled_report(
         grid_classes=grid_classes,
         files=[*written, "summary.json"],
     )
-    _write_text(out_dir / "summary.json", json.dumps(summary.__dict__, indent=2) + "\n", [])
+    write_json(child_path(out_dir, "summary.json"), summary.__dict__)
     return summary
 
 

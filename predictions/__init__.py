@@ -16,8 +16,10 @@ from predictions.format import (
 )
 from predictions.runs import (
     DEFAULT_RUNS_DIR,
+    ImageRoot,
     RunNotFoundError,
     find_predictions_file,
+    image_root_of,
     resolve_run_dir,
     voc_root_of,
     write_latest_pointer,
@@ -27,10 +29,12 @@ __all__ = [
     "DEFAULT_RUNS_DIR",
     "FORMAT_VERSION",
     "PREDICTIONS_FILENAME",
+    "ImageRoot",
     "Predictions",
     "PredictionsFormatError",
     "RunNotFoundError",
     "find_predictions_file",
+    "image_root_of",
     "load_predictions",
     "resolve_run_dir",
     "save_predictions",

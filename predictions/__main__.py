@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from predictions.runs import RunNotFoundError
 from training.loop import TTA_MODES
 from training.runtime import AMP_MODES
 from training.scoring import TTA_AUTO
+from vocdata.atomic import probe_writable
 from vocdata.options import (
     add_amp_option,
     add_channels_last_option,
@@ -28,7 +30,7 @@ from vocdata.options import (
     add_runs_dir_option,
     add_workers_option,
 )
-from vocdata.paths import project_relative, resolve_project_path
+from vocdata.paths import display_path, project_relative, resolve_project_path
 from vocdata.splits import VOC_ROOT_ENV, resolve_voc_root
 
 log = logging.getLogger("predictions")
@@ -129,6 +131,49 @@ def _default_voc_root(stored: str | None) -> Path:
     return resolve_voc_root()
 
 
+# Room for the provenance (models, skipped files) beyond the arrays, in bytes.
+PROVENANCE_ALLOWANCE = 1 * 2**20
+
+
+def estimated_size(files: tuple[str, ...], num_classes: int, labelled: bool) -> int:
+    """Bytes the predictions file can take at most (its arrays uncompressed: scores, labels,
+    fixed-width file names, class names and the provenance); the compressed file is smaller."""
+    longest = max((len(name) for name in files), default=1)
+    per_image = num_classes * (4 + (1 if labelled else 0)) + 4 * longest
+    return len(files) * per_image + PROVENANCE_ALLOWANCE
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def check_output_folder(out: Path) -> None:
+    """Fail before any slow work when the folder of `out` cannot be written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe_writable(out.parent)
+    except OSError as error:
+        raise OutputError(
+            f"Cannot write {display_path(out)}: {display_path(out.parent)} is not a writable "
+            f"folder ({error.strerror or error}). Pass --out with a file in a writable folder."
+        ) from None
+
+
+def check_room(out: Path, needed: int) -> None:
+    """Fail before the scoring pass when the disk holding `out` has less room than `needed`."""
+    free = shutil.disk_usage(out.parent).free
+    if free < needed:
+        raise OutputError(
+            f"Not enough space for {display_path(out)}: the predictions file needs up to "
+            f"{_megabytes(needed)}, {display_path(out.parent)} has {_megabytes(free)} free. "
+            f"Free some space, or pass --out with a file on another disk."
+        )
+
+
+class OutputError(ValueError):
+    """The predictions file cannot be written where asked; the message names the path."""
+
+
 def run(args: argparse.Namespace) -> Path:
     """Load, check, score, write; returns the file written. Errors are ScoringError & co."""
     from training.config import default_workers
@@ -181,11 +226,14 @@ def run(args: argparse.Namespace) -> Path:
             f"{project_relative(out)} exists already. Pass --overwrite to replace it, or "
             f"--out with another file name."
         )
+    check_output_folder(out)
     if args.images:
         data = image_folder_data(images_dir, workers)
     else:
         difficult = provenance_value(models[0].provenance, "difficult")
         data = voc_split_data(voc_root, split, difficult, args.skip_bad_images, workers)
+    needed = estimated_size(data.files, len(models[0].class_names), data.labels is not None)
+    check_room(out, needed)
     log.info(
         "scoring %d image(s) of %s (%s) with %d model(s) on %s%s",
         len(data.files),
@@ -205,7 +253,15 @@ def run(args: argparse.Namespace) -> Path:
         tta=args.tta,
         progress=args.progress,
     )
-    save_predictions(out, result.predictions)
+    try:
+        save_predictions(out, result.predictions)
+    except OSError as error:  # a full disk, a folder removed meanwhile: nothing half-written
+        free = shutil.disk_usage(out.parent).free if out.parent.is_dir() else 0
+        raise OutputError(
+            f"Cannot write {display_path(out)} ({error.strerror or error}): the predictions "
+            f"file needs up to {_megabytes(needed)}, {_megabytes(free)} are free there. Free "
+            f"some space, or pass --out with a file on another disk; nothing was written."
+        ) from None
     log.info(
         "%d images in %.1f s: %.1f images/s on %s (batch %d, %d worker(s), %d model(s))",
         len(data.files),
@@ -227,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = run(args)
-    except (ScoringError, VocDataError, RunNotFoundError, PredictionsFormatError) as error:
+    except (
+        ScoringError,
+        VocDataError,
+        RunNotFoundError,
+        PredictionsFormatError,
+        OutputError,
+    ) as error:
         log.error("%s", error)
         return 2
     except KeyboardInterrupt:

@@ -11,12 +11,13 @@ symlinks, so they work on every file system):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from predictions.format import PREDICTIONS_FILENAME, Predictions
 from vocdata.atomic import atomic_write
-from vocdata.paths import DEFAULT_RUNS_DIR, resolve_project_path
-from vocdata.splits import resolve_voc_root
+from vocdata.paths import DEFAULT_RUNS_DIR, display_path, resolve_project_path
+from vocdata.splits import VOC_ROOT_ENV, resolve_voc_root
 
 LATEST_POINTER = "latest"
 LAST_STARTED_POINTER = "last-started"
@@ -121,13 +122,57 @@ def find_predictions_file(
     return candidate
 
 
-def voc_root_of(predictions: Predictions, voc_root: str | os.PathLike[str] | None = None) -> Path:
+# Where the dataset root of a predictions file came from (ImageRoot.source).
+ROOT_FROM_OPTION = "--voc-root"
+ROOT_FROM_FILE = "file"
+ROOT_FROM_ENV = f"${VOC_ROOT_ENV}"
+ROOT_FROM_DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """The folder a predictions file's image names are read from, and why that one.
+
+    A predictions file stores the dataset root it was scored on; a crafted file can name any
+    folder (`/`, someone's home). Programs still use it when the user gave no root (it is
+    what makes `python main_gui.py` work with no arguments), but they say so: `note` is the
+    one line to show ("images from /x, named by the file").
+    """
+
+    path: Path
+    source: str  # ROOT_FROM_OPTION, ROOT_FROM_FILE, ROOT_FROM_ENV or ROOT_FROM_DEFAULT
+    note: str
+
+    @property
+    def named_by_file(self) -> bool:
+        """True when the folder comes from the file itself, not from the user's settings."""
+        return self.source == ROOT_FROM_FILE
+
+
+def image_root_of(
+    predictions: Predictions, voc_root: str | os.PathLike[str] | None = None
+) -> ImageRoot:
     """The dataset root a predictions file's relative image names refer to: `voc_root` if
-    given, else the root the run used (stored relative in its provenance) if it exists here,
-    else the one dataset-root setting ($VOC_ROOT or the default)."""
+    given, else the root the file names (stored relative in its provenance) if it exists
+    here, else the one dataset-root setting ($VOC_ROOT or the default). A stored root that is
+    the user's own setting anyway counts as that setting, not as named by the file."""
     if voc_root:
-        return resolve_project_path(voc_root)
+        path = resolve_project_path(voc_root)
+        return ImageRoot(path, ROOT_FROM_OPTION, f"images from {display_path(path)} (--voc-root)")
+    configured = resolve_voc_root()
+    from_env = bool(os.environ.get(VOC_ROOT_ENV))
     stored = predictions.provenance.get("voc_root")
-    if stored and resolve_project_path(stored).is_dir():
-        return resolve_project_path(stored)
-    return resolve_voc_root()
+    if isinstance(stored, str) and stored and resolve_project_path(stored).is_dir():
+        path = resolve_project_path(stored)
+        if path.resolve() != configured.resolve():
+            return ImageRoot(
+                path, ROOT_FROM_FILE, f"images from {display_path(path)}, named by the file"
+            )
+    source = ROOT_FROM_ENV if from_env else ROOT_FROM_DEFAULT
+    setting = f"${VOC_ROOT_ENV}" if from_env else "the default dataset root"
+    return ImageRoot(configured, source, f"images from {display_path(configured)} ({setting})")
+
+
+def voc_root_of(predictions: Predictions, voc_root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of `image_root_of` alone, for callers that need no note."""
+    return image_root_of(predictions, voc_root).path

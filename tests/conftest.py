@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.voc_fixture import TinyVoc, write_tiny_voc
+from tests.voc_fixture import TinyVoc, tiny_run_args, write_tiny_voc
 from vocdata.paths import PROJECT_ROOT
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -111,6 +111,20 @@ def tiny_voc(_tiny_voc_template: TinyVoc, tmp_path: Path) -> TinyVoc:
     root = tmp_path / "VOCdevkit" / "VOC2012"
     shutil.copytree(_tiny_voc_template.root, root)
     return TinyVoc(root=root, ids=_tiny_voc_template.ids, labels=_tiny_voc_template.labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_run(tmp_path_factory) -> tuple[TinyVoc, Path, Path]:
+    """A tiny VOC tree and a one-epoch run on it, (voc, runs folder, run folder): a real
+    saved model for the tests that score images as a user does. Tests must not change it."""
+    import main_train
+
+    base = tmp_path_factory.mktemp("tiny-model")
+    voc = write_tiny_voc(base / "VOCdevkit" / "VOC2012")
+    runs = base / "runs"
+    args = tiny_run_args(voc.root, runs, "--epochs", "1", "--run-name", "m")
+    assert main_train.main(args) == 0
+    return voc, runs, runs / "m"
 
 
 @pytest.fixture(scope="session")

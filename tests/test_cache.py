@@ -45,6 +45,7 @@ def test_invalidation_when_files_scale_or_contents_change(tiny_voc, tmp_path, ca
     split = read_split(tiny_voc.root, "val")
     paths = split.relative_paths
     first = open_or_build_cache(tmp_path, "val", tiny_voc.root, paths, 37, progress=False)
+    first.close()  # an open cache is never removed under its reader
     fewer = open_or_build_cache(tmp_path, "val", tiny_voc.root, paths[:-1], 37, progress=False)
     assert fewer.prefix != first.prefix and len(fewer) == len(paths) - 1
     assert not first.prefix.with_suffix(".json").exists()  # the outdated cache is removed

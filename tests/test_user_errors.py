@@ -313,7 +313,7 @@ EVALUATION_CASES = [
         "broken config.json",
         [],
         lambda run: (run / "config.json").write_text("{ half"),
-        ("config.json is not valid JSON", "restore it"),
+        ("config.json is not the file a run writes there", "not valid JSON", "restore it"),
     ),
     (
         "report folder blocked by a file",

@@ -13,6 +13,10 @@ class ImageReadError(VocDataError):
     """A listed image is missing or cannot be decoded."""
 
 
+class CacheError(VocDataError):
+    """A cache cannot be written or used; the message names the cache's path."""
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for a person about a failed file operation: our own errors (which subclass
     OSError, like a missing run) keep their message; a system error names its path."""

@@ -1,7 +1,11 @@
 """Reading VOC images, and checking up front that every listed image is there and decodable.
 
-Also the one way every viewer (the GUI's thumbnails, the report's grids) shrinks an image for
-display or, when it cannot be read, shows a grey tile naming it.
+`open_rgb` is the one way every program turns an image file into pixels (scoring, training,
+the image cache, the GUI and the report): the EXIF orientation applied (a phone photo is
+upright, as every viewer shows it) and every PIL mode converted to 8-bit RGB by `to_rgb`
+(a 16-bit PNG scaled, not clipped to white; transparency composited onto white). Also the
+one way every viewer shrinks an image for display or, when it cannot be read, shows a grey
+tile naming it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import ExifTags, Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from vocdata.errors import ImageReadError
 
@@ -26,11 +31,53 @@ IMAGE_READ_ERRORS = (
 )
 
 
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # what shows through transparent pixels
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says (itself when there is nothing to turn)."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return image if orientation in (1, None) else ImageOps.exif_transpose(image)
+
+
+def _scaled_to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit ('I;16*', and 'I', what older Pillow made of 16-bit files) or float ('F')
+    grey image as 8-bit 'L': 0..65535 maps onto 0..255; floats are taken as 0..1 when all
+    lie in [0, 1], else as 0..255 (values outside are clipped)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            values = values * 255
+        values = np.nan_to_num(values, nan=0.0)
+    else:
+        values = values / 257
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB, whatever its mode: high bit depths scaled, transparency
+    composited onto TRANSPARENT_BACKGROUND, palettes, CMYK, 1-bit and grey expanded."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _scaled_to_8_bit(image).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode an image file to an RGB PIL image, or raise ImageReadError naming the file."""
+    """Decode an image file to an upright 8-bit RGB PIL image (see `to_rgb`), or raise
+    ImageReadError naming the file."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return to_rgb(upright(image))
     except FileNotFoundError as error:
         raise ImageReadError(f"Image missing: {path}. Restore it, or {SKIP_HINT}.") from error
     except IMAGE_READ_ERRORS as error:
@@ -70,7 +117,8 @@ def thumbnail_or_placeholder(path: Path, size: tuple[int, int]) -> tuple[Image.I
     try:
         with Image.open(path) as image:
             image.draft("RGB", size)  # JPEG: decode at a reduced scale, much faster
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
+            image.load()
+            thumb = to_rgb(upright(image))
             thumb.thumbnail(size)
             return thumb, None
     except FileNotFoundError:

@@ -17,7 +17,7 @@ import numpy as np
 
 from vocdata.classes import VOC_CLASSES
 from vocdata.errors import VocDataError, VocRootNotFoundError
-from vocdata.paths import resolve_project_path
+from vocdata.paths import is_plain_name, resolve_project_path
 
 DEFAULT_VOC_ROOT = "data/VOCdevkit/VOC2012"
 VOC_ROOT_ENV = "VOC_ROOT"
@@ -145,6 +145,11 @@ def _read_id_list(path: Path) -> list[str]:
         image_id = line.strip()
         if not image_id:
             continue
+        if not is_plain_name(image_id):
+            raise VocDataError(
+                f"{path}:{number}: {image_id[:80]!r} is not an image id (letters, digits and "
+                f"_ - . only): an id names a file in JPEGImages/, never a path elsewhere."
+            )
         if image_id in first_line:
             raise VocDataError(
                 f"{path}:{number}: image {image_id} is listed again (first on line "
