@@ -10,7 +10,6 @@ from pathlib import Path
 
 from gui.cam import CamProvider
 from gui.camsource import cam_source_for
-from gui.imageroot import image_root_of
 from gui.model import RankingModel, View
 from gui.review import MarksFileError, MarkStore, marks_path
 from gui.runsplit import describe_split, split_file, split_switch_for
@@ -22,6 +21,7 @@ from predictions import (
     find_predictions_file,
     load_predictions,
 )
+from predictions.runs import image_root_of
 from vocdata.paths import display_path
 
 log = logging.getLogger(__name__)
