@@ -230,13 +230,16 @@ def _bomb(path: Path, rows: int, columns: int) -> None:
     _zip(path, [("scores.npy", stream, crc, len(head) + count), *others])
 
 
+# The peak resident memory of this process image: VmHWM starts afresh at exec, unlike
+# getrusage's ru_maxrss, which keeps the (forked) parent's peak across an exec.
 PEAK_MEMORY = (
-    "import resource, runpy, sys\n"
+    "import re, runpy, sys\n"
     "sys.argv = ['evaluation', *sys.argv[1:]]\n"
     "try:\n"
     "    runpy.run_module('evaluation', run_name='__main__')\n"
     "finally:\n"
-    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    peak = int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1))\n"
     "    print(f'peak-kb {peak}', file=sys.stderr)\n"
 )
 
