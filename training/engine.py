@@ -495,6 +495,17 @@ def _announce(engine: ForwardEngine) -> ForwardEngine:
 
 
 # -- modules worth running through an engine ----------------------------------------------------
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of every tensor of `module`'s state dict with its name: a `key` for
+    `build_engine` when the module is not a backbone (e.g. a whole classifier with its head)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def pooled_features_module(model: MultiLabelClassifier) -> nn.Module:
     """A copy of `model` whose head is an identity: it returns the head's input, the pooled
     features `forward_with_features` captures, and uses exactly the weights
