@@ -183,6 +183,17 @@ def test_auto_without_engines_runs_torch_with_one_warning(tmp_path, monkeypatch,
     assert torch.allclose(built(images), _reference(model, images), atol=1e-5)
 
 
+def test_auto_without_the_onnx_package_runs_torch_with_one_warning(tmp_path, monkeypatch, caplog):
+    _hide(monkeypatch, "onnx")  # the engines are there, torch's exporter cannot write
+    with caplog.at_level(logging.INFO, logger="training.engine"):
+        built = build_engine(
+            _model(), "auto", example=_images(2, 3, 40, 40), cache_dir=tmp_path, key="k", device=CPU
+        )
+    assert built.name == "torch"
+    (warning,) = _warnings(caplog)
+    assert "the pip package onnx (torch's ONNX exporter) is not installed" in warning
+
+
 def test_auto_takes_the_next_engine_when_the_first_is_missing_or_broken(
     tmp_path, monkeypatch, caplog
 ):
@@ -253,6 +264,16 @@ def test_an_explicit_engine_that_is_not_installed_is_a_clear_error(tmp_path, mon
         build_engine(
             _model(),
             "openvino",
+            example=_images(1, 3, 32, 32),
+            cache_dir=tmp_path,
+            key="k",
+            device=CPU,
+        )
+    _hide(monkeypatch, "onnx")
+    with pytest.raises(EngineError, match=r"needs the pip package onnx \(torch's ONNX exporter"):
+        build_engine(
+            _model(),
+            "onnxruntime",
             example=_images(1, 3, 32, 32),
             cache_dir=tmp_path,
             key="k",

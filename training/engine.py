@@ -22,6 +22,7 @@ does not take the cores the DataLoader's decoding workers need.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import tempfile
 import time
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first on the 2-core CPU (docs: bench)
-PIP_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+PIP_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "onnx": "onnx"}
 
 # Largest allowed max |engine - torch| per output, relative to the output's own scale
 # (max(1, max |torch output|)). float32 re-association (other summation orders, fused
@@ -198,12 +199,17 @@ class OpenVinoEngine(ForwardEngine):
 
 
 def _import_engine(name: str) -> None:
-    """Import `name`'s package now, so a missing one (ImportError) is told apart from a
-    broken one (anything else) and from a failed export."""
-    if name == "onnxruntime":
-        import onnxruntime  # noqa: F401
-    elif name == "openvino":
-        import openvino  # noqa: F401
+    """Import `name`'s package, then onnx (torch's exporter writes the graph with it), so a
+    missing one (ImportError) is told apart from a broken one (anything else) and from a
+    failed export."""
+    importlib.import_module(name)
+    import onnx  # noqa: F401
+
+
+def _missing_package(error: ImportError, engine: str) -> str:
+    """The pip package whose absence `error` reports (`engine`'s own when unclear)."""
+    top = (error.name or "").split(".")[0]
+    return PIP_PACKAGE.get(top, PIP_PACKAGE[engine])
 
 
 def _open_engine(name: str, onnx_path: Path, threads: int, single_output: bool) -> ForwardEngine:
@@ -422,24 +428,27 @@ def build_engine(
             f"or torch there, or --device cpu"
         )
     candidates = AUTO_ORDER if engine == "auto" else (engine,)
-    installed, problems = [], []
+    installed, missing, problems = [], set(), []
     for name in candidates:
         try:
             _import_engine(name)
         except ImportError as error:
+            package = _missing_package(error, name)
             if engine != "auto":
-                package = PIP_PACKAGE[name]
+                role = " (torch's ONNX exporter needs it)" if package == "onnx" else ""
                 raise EngineError(
-                    f"--engine {name} needs the pip package {package}, which is not installed "
-                    f"({_first_line(error)}): pip install {package}, or use --engine auto or "
-                    f"torch"
+                    f"--engine {name} needs the pip package {package}{role}, which is not "
+                    f"installed: pip install {package}, or use --engine auto or torch"
                 ) from None
+            missing.add(package)
         except Exception as error:  # installed but broken (a missing shared library, ...)
             problems.append(f"{name} cannot be imported ({_first_line(error)})")
         else:
             installed.append(name)
     if not installed:
-        if not problems:
+        if "onnx" in missing:
+            problems.append("the pip package onnx (torch's ONNX exporter) is not installed")
+        elif not problems:
             names = " or ".join(PIP_PACKAGE[name] for name in AUTO_ORDER)
             problems.append(f"no CPU inference engine installed (pip install {names})")
         log.warning("%s: running torch instead", "; ".join(problems))
