@@ -63,3 +63,22 @@ def test_bench_measures_our_pipeline_on_the_fixture(tiny_voc, tmp_path, capsys):
     assert "(b) ours, batch 16" in out and "(b) ours, batch 32" in out
     for phase in ("data wait", "forward+backward", "optimizer", "validation pass (s)"):
         assert phase in out
+
+
+def test_engine_rows_side_by_side_agree_with_eager(tiny_voc, capsys):
+    code = bench.main(
+        [
+            *("--engines", "--voc-root", str(tiny_voc.root), "--device", "cpu"),
+            *("--image-size", "32", "--batches", "1", "--engine-batch-size", "2"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    for arch in ("resnet18 (none weights, real val images", "efficientnet_lite0 (imagenet"):
+        assert arch in out
+    rows = [line for line in out.splitlines() if line.startswith(("torch eager", "onnx", "open"))]
+    assert len(rows) == 2 * 5
+    for row in rows:
+        if "default precision" not in row and "NCHW" not in row:  # f32: the same logits
+            assert float(row.split()[-1]) <= 1e-4, row
+    assert out.count("fine-tuning step, channels-last") == 2

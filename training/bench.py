@@ -329,11 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
         "warm-up, so this shows the steady state",
     )
     parser.add_argument("--skip-baseline", action="store_true")
+    add_engine_bench_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.engines or args.decode:
+        return engine_bench_main(args)
 
     voc_root = resolve_voc_root(args.voc_root)
     base = TrainConfig(
@@ -400,6 +403,290 @@ def main(argv: list[str] | None = None) -> int:
     print(f"where the time of '{results[-1].name}' goes, per training step:")
     for key, value in breakdown(last, batches).items():
         print(f"  {key:<22} {value:8.2f}" + (" ms" if "(s)" not in key else " s"))
+    return 0
+
+
+# -- inference engines and decoding on the CPU (--engines, --decode) -------------------------------
+# The backbones as measured: Lite0 with its real weights (what the default recipe runs), ResNet-18
+# with random ones (offline; speed does not depend on them).
+ENGINE_BENCH_ARCHS = (("resnet18", "none"), ("efficientnet_lite0", "imagenet"))
+
+
+def add_engine_bench_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inference engines and decoding (CPU)")
+    group.add_argument(
+        "--engines",
+        action="store_true",
+        help="instead of the training comparison: forward images/s of torch eager (NCHW, "
+        "channels-last), ONNX Runtime and OpenVINO (f32 and its default precision), side by "
+        "side for resnet18 and efficientnet_lite0, and a fine-tuning step NCHW vs channels-last",
+    )
+    group.add_argument(
+        "--decode",
+        action="store_true",
+        help="JPEG decoding for the evaluation transform, full vs Pillow's draft mode, and the "
+        "loader workers x engine threads of a whole prediction pass",
+    )
+    group.add_argument(
+        "--engine-batch-size", type=int, default=32, help="images per forward (--engines)"
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of torch and the engines (default: torch's current count)",
+    )
+
+
+def _engine_images(voc_root: Path | None, image_size: int, count: int) -> tuple[torch.Tensor, str]:
+    """`count` val images of `voc_root` as the prediction pass sees them, else random pixels."""
+    from vocdata.images import open_rgb
+    from vocdata.transforms import eval_transform
+
+    try:
+        names = read_split(voc_root, "val").relative_paths[:count]
+        transform = eval_transform(image_size)
+        images = torch.stack([transform(open_rgb(voc_root / name)) for name in names])
+    except Exception:  # no dataset here: speed does not depend on the pixels
+        generator = torch.Generator().manual_seed(0)
+        shape = (count, 3, image_size, image_size)
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator), "random"
+    if len(images) < count:
+        images = images.repeat((count + len(images) - 1) // len(images), 1, 1, 1)[:count]
+    return images, "real val"
+
+
+def _forward_rate(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batches: int):
+    """(images/s over `batches` calls after one warm-up call, the warm-up call's output)."""
+    output = run(images)
+    started = time.perf_counter()
+    for _ in range(batches):
+        run(images)
+    return len(images) * batches / (time.perf_counter() - started), output
+
+
+def _step_rate(model: nn.Module, images: torch.Tensor, steps: int, channels_last: bool) -> float:
+    """Fine-tuning images/s: forward, masked BCE, backward and an SGD step, as training does."""
+    from training.loss import masked_bce_with_logits
+
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format).train()
+    images = images.contiguous(memory_format=memory_format)
+    targets = (torch.arange(images.shape[0] * NUM_CLASSES) % 7 == 0).float().view(-1, NUM_CLASSES)
+    mask = torch.ones_like(targets)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(_) -> None:
+        loss = masked_bce_with_logits(model(images), targets, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(None)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(None)
+    return len(images) * steps / (time.perf_counter() - started)
+
+
+def measure_engines(
+    arch: str, weights: str, images: torch.Tensor, batches: int, threads: int
+) -> tuple[list[tuple[str, float, float]], float]:
+    """Rows (name, images/s, max |dlogit| vs eager NCHW) for one backbone, in one process, and
+    the seconds the ONNX export took. A row whose engine cannot run shows nan."""
+    import copy
+    import tempfile
+
+    from training.engine import (
+        OnnxRuntimeEngine,
+        OpenVinoEngine,
+        export_onnx_graph,
+        output_names,
+    )
+    from training.model import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(arch, NUM_CLASSES, weights=weights).eval()
+    rows = []
+
+    def eager(module: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                return module(batch)
+
+        return run
+
+    rate, reference = _forward_rate(eager(model, False), images, batches)
+    rows.append(("torch eager, NCHW", rate, 0.0))
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    rate, output = _forward_rate(eager(last, True), images, batches)
+    rows.append(("torch eager, channels-last", rate, float((output - reference).abs().max())))
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as scratch:
+        graph = Path(scratch) / f"{arch}.onnx"
+        started = time.perf_counter()
+        export_onnx_graph(model, images[:2], graph, output_names(1))
+        export_seconds = time.perf_counter() - started
+        engines = [
+            ("onnxruntime, CPU provider", lambda: OnnxRuntimeEngine(graph, threads, True)),
+            ("openvino, precision f32 (pinned)", lambda: OpenVinoEngine(graph, threads, True)),
+            ("openvino, default precision", lambda: OpenVinoEngine(graph, threads, True, None)),
+        ]
+        for name, open_engine in engines:
+            try:
+                engine = open_engine()
+                if "default" in name:
+                    name = f"openvino, default precision ({engine.precision})"
+                rate, output = _forward_rate(engine, images, batches)
+                rows.append((name, rate, float((output - reference).abs().max())))
+            except Exception as error:  # one missing engine must not hide the others
+                print(f"{name}: {type(error).__name__}: {error}", flush=True)
+                rows.append((name, float("nan"), float("nan")))
+    return rows, export_seconds
+
+
+def _engine_table(rows: list[tuple[str, float, float]]) -> str:
+    base = rows[0][1]
+    lines = [f"{'':<44}{'images/s':>10}{'x eager NCHW':>14}{'max |dlogit|':>14}"]
+    for name, rate, difference in rows:
+        shown = "-" if name == rows[0][0] else f"{difference:.1e}"
+        lines.append(f"{name:<44}{rate:>10.1f}{rate / base:>14.2f}{shown:>14}")
+    return "\n".join(lines)
+
+
+def _draft_decode(path: Path, shorter_side: int):
+    """Decode with Pillow's draft mode: the JPEG decoder scales by 1/2, 1/4 or 1/8 while
+    decoding, to the smallest scale whose shorter side is still >= `shorter_side`."""
+    with Image.open(path) as image:
+        width, height = image.size
+        scale = shorter_side / min(width, height)
+        image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        return image.convert("RGB")
+
+
+def measure_decoding(voc_root: Path, image_size: int, count: int) -> None:
+    """Images/s (one thread) of decode + the evaluation transform, full vs draft decoding, and
+    whether draft changes the pixels, on the first `count` val images."""
+    from vocdata.images import open_rgb
+    from vocdata.transforms import eval_resize_size, eval_transform
+
+    names = read_split(voc_root, "val").relative_paths[:count]
+    paths = [voc_root / name for name in names]
+    transform, side = eval_transform(image_size), eval_resize_size(image_size)
+    results = {}
+    for label, decode in (
+        ("full decode + resize", open_rgb),
+        ("draft decode + resize", lambda path: _draft_decode(path, side)),
+    ):
+        decode(paths[0])
+        started = time.perf_counter()
+        results[label] = [transform(decode(path)) for path in paths]
+        rate = len(paths) / (time.perf_counter() - started)
+        print(f"  {label:<24} {rate:8.1f} images/s (one thread)")
+    reduced = 0
+    for path in paths:
+        with Image.open(path) as image:
+            reduced += _draft_decode(path, side).size != image.size
+    changed = [
+        float((a.int() - b.int()).abs().max())
+        for a, b in zip(*results.values(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    print(
+        f"  draft reduced the decoded size of {reduced} of {len(paths)} images; pixels differ "
+        f"in {len(changed)} (max |dpixel| {max(changed, default=0):.0f})"
+    )
+
+
+def measure_pipeline(
+    voc_root: Path, image_size: int, batches: int, batch_size: int, cache_dir: str | None
+) -> None:
+    """Images/s of a prediction pass over real val images with flip TTA (decode in the loader
+    + the auto engine on Lite0) for loader workers x engine threads: who gets the 2 cores."""
+    import tempfile
+
+    from training.engine import build_engine
+    from training.model import build_classifier
+    from vocdata.dataset import VocClassification
+    from vocdata.transforms import eval_transform
+
+    model = build_classifier("efficientnet_lite0", NUM_CLASSES, weights="imagenet").eval()
+    dataset = VocClassification(
+        voc_root, read_split(voc_root, "val"), "ignore", eval_transform(image_size)
+    )
+    subset = torch.utils.data.Subset(dataset, range(batch_size * (batches + 1)))
+    example = torch.stack([dataset[i][0] for i in range(2)])
+    print(f"{'workers':>8}{'threads':>8}{'images/s':>10}  (flip TTA: 2 forwards per image)")
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
+        for threads in (1, 2):
+            engine = build_engine(
+                model,
+                "auto",
+                example=example,
+                cache_dir=Path(cache_dir or scratch),
+                key="bench-lite0-imagenet",
+                device=torch.device("cpu"),
+                threads=threads,
+            )
+            for workers in (0, 1, 2):
+                loader = DataLoader(subset, batch_size=batch_size, num_workers=workers)
+                iterator = iter(loader)
+                seen, started = 0, None
+                for images, *_ in iterator:
+                    engine(images)
+                    engine(torch.flip(images, dims=(-1,)))
+                    if started is None:  # the first batch pays for the workers' start
+                        started = time.perf_counter()
+                        continue
+                    seen += len(images)
+                rate = seen / (time.perf_counter() - started)
+                print(f"{workers:>8}{threads:>8}{rate:>10.1f}  {engine.name}", flush=True)
+
+
+def engine_bench_main(args: argparse.Namespace) -> int:
+    """--engines / --decode: the CPU-side measurements of the inference engines (docs/)."""
+    import logging
+    import os
+
+    from training.model import build_classifier
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    batches = args.batches or 4
+    try:
+        voc_root: Path | None = resolve_voc_root(args.voc_root)
+        read_split(voc_root, "val")
+    except Exception:
+        voc_root = None
+    print(
+        f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, "
+        f"{args.image_size} px, batch {args.engine_batch_size}, {batches} timed batches per row"
+    )
+    if args.engines:
+        images, source = _engine_images(voc_root, args.image_size, args.engine_batch_size)
+        for arch, weights in ENGINE_BENCH_ARCHS:
+            rows, export_seconds = measure_engines(arch, weights, images, batches, threads)
+            print(
+                f"\n{arch} ({weights} weights, {source} images; ONNX export {export_seconds:.1f} s)"
+            )
+            print(_engine_table(rows))
+            torch.manual_seed(0)
+            network = build_classifier(arch, NUM_CLASSES, weights="none")
+            for layout, channels_last in (("NCHW", False), ("channels-last", True)):
+                steps = max(1, batches // 2)
+                rate = _step_rate(network, images, steps, channels_last)
+                print(f"{'fine-tuning step, ' + layout:<44}{rate:>10.1f}  images/s (fwd+bwd+SGD)")
+    if args.decode:
+        if voc_root is None:
+            print("--decode needs the VOC subset (--voc-root)")
+            return 1
+        print("\ndecoding for the evaluation transform, first 300 val images:")
+        measure_decoding(voc_root, args.image_size, 300)
+        print("\nprediction pass, efficientnet_lite0, engine auto:")
+        measure_pipeline(voc_root, args.image_size, batches, args.engine_batch_size, None)
     return 0
 
 

@@ -1,0 +1,313 @@
+"""The inference engines: same numbers as torch at any batch and size, a verified cache, and
+fallbacks that say what happened in one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from training import engine as engines
+from training.engine import EngineError, build_engine, pooled_features_module, weights_digest
+from training.model import MultiLabelClassifier, build_classifier
+
+CPU = torch.device("cpu")
+
+
+def _model(arch: str = "resnet18", seed: int = 0) -> MultiLabelClassifier:
+    torch.manual_seed(seed)
+    return build_classifier(arch, 20, weights="none").eval()
+
+
+def _images(*shape: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+
+
+def _reference(module: nn.Module, images: torch.Tensor):
+    with torch.inference_mode():
+        return module(images)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.fixture
+def count_exports(monkeypatch) -> list[Path]:
+    """Every ONNX export made from now on, by path."""
+    exported: list[Path] = []
+    real_export = engines.export_onnx_graph
+
+    def counting(module, example, path, names, *args):
+        exported.append(Path(path))
+        return real_export(module, example, path, names, *args)
+
+    monkeypatch.setattr(engines, "export_onnx_graph", counting)
+    return exported
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_each_engine_matches_torch_at_other_batches_and_sizes(arch, name, tmp_path):
+    model = _model(arch)
+    built = build_engine(
+        model, name, example=_images(2, 3, 64, 64), cache_dir=tmp_path, key="k", device=CPU
+    )
+    assert built.name == name and name in built.describe()
+    first_images = _images(5, 3, 64, 64, seed=2)  # another batch size
+    first = built(first_images)
+    # An odd size changes EfficientNet's "SAME" padding: a graph frozen at 64 px would differ.
+    for shape in [(3, 3, 57, 71), (1, 3, 80, 48)]:
+        images = _images(*shape, seed=3)
+        scores = built(images)
+        assert scores.dtype == torch.float32 and scores.shape == (shape[0], 20)
+        assert (scores - _reference(model, images)).abs().max() <= 1e-4
+    # The first result is still its own (not a buffer the next call overwrote).
+    assert (first - _reference(model, first_images)).abs().max() <= 1e-4
+
+
+class _LogitsAndFeatures(nn.Module):
+    def __init__(self, model: MultiLabelClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_features(images)
+
+
+def test_tuple_outputs_and_the_pooled_features_module(tmp_path):
+    model = _model()
+    images = _images(4, 3, 48, 40)
+    logits, features = _reference(_LogitsAndFeatures(model), images)
+    pooled = pooled_features_module(model)
+    assert torch.equal(_reference(pooled, images), features)  # exactly the head's input
+    assert isinstance(model.head, nn.Linear)  # the copy's head changed, not the model's
+
+    both = build_engine(
+        _LogitsAndFeatures(model),
+        "onnxruntime",
+        example=_images(2, 3, 64, 64),
+        cache_dir=tmp_path,
+        key="k",
+        device=CPU,
+    )
+    got_logits, got_features = both(images)
+    assert (got_logits - logits).abs().max() <= 1e-4
+    assert (got_features - features).abs().max() <= 1e-4 * max(1.0, float(features.abs().max()))
+
+
+def test_the_exported_graph_is_cached_verified_and_rebuilt(tmp_path, count_exports, caplog):
+    model, example = _model(), _images(2, 3, 64, 64)
+    images = _images(3, 3, 50, 60, seed=5)
+    reference = _reference(model, images)
+
+    def build(key: str = "weights-a"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="training.engine"):
+            built = build_engine(
+                model, "onnxruntime", example=example, cache_dir=tmp_path, key=key, device=CPU
+            )
+        assert built.name == "onnxruntime"
+        assert (built(images) - reference).abs().max() <= 1e-4
+        return built
+
+    build()
+    assert len(count_exports) == 1 and "exported the network to ONNX in" in caplog.text
+    graphs = list((tmp_path / "engines").glob("*.onnx"))
+    assert len(graphs) == 1 and graphs[0].with_suffix(".json").is_file()
+    assert not list((tmp_path / "engines").glob("*.tmp"))
+
+    build()  # reused: no second export
+    assert len(count_exports) == 1 and "engine cache hit" in caplog.text
+    assert not _warnings(caplog)
+
+    # Damaged: bytes changed in the middle (same length) -> one warning, exported again.
+    data = bytearray(graphs[0].read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    graphs[0].write_bytes(bytes(data))
+    build()
+    assert len(count_exports) == 2
+    (warning,) = _warnings(caplog)
+    assert "checksum" in warning and graphs[0].name in warning
+
+    graphs[0].with_suffix(".json").write_text('{"key": ')  # a manifest cut short
+    build()
+    assert len(count_exports) == 3 and "not valid JSON" in _warnings(caplog)[0]
+
+    # Stale: other weights -> another file, exported once; the first stays usable.
+    build("weights-b")
+    assert len(count_exports) == 4 and count_exports[-1].parent == tmp_path / "engines"
+    assert len(list((tmp_path / "engines").glob("*.onnx"))) == 2
+    build()
+    assert len(count_exports) == 4
+
+
+def test_without_a_cache_folder_nothing_is_left_behind(tmp_path, count_exports, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    model = _model()
+    built = build_engine(
+        model, "onnxruntime", example=_images(2, 3, 40, 40), cache_dir=None, key="k", device=CPU
+    )
+    images = _images(2, 3, 40, 40, seed=7)
+    assert (built(images) - _reference(model, images)).abs().max() <= 1e-4
+    assert len(count_exports) == 1 and count_exports[0].is_relative_to(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _hide(monkeypatch, *packages: str) -> None:
+    """Make `import package` fail as it does when the package is not installed."""
+    for package in packages:
+        monkeypatch.setitem(sys.modules, package, None)
+
+
+def test_auto_without_engines_runs_torch_with_one_warning(tmp_path, monkeypatch, caplog):
+    _hide(monkeypatch, "openvino", "onnxruntime")
+    model = _model()
+    with caplog.at_level(logging.INFO, logger="training.engine"):
+        built = build_engine(
+            model, "auto", example=_images(2, 3, 40, 40), cache_dir=tmp_path, key="k", device=CPU
+        )
+    assert built.name == "torch"
+    (warning,) = _warnings(caplog)
+    assert "pip install openvino or onnxruntime" in warning and "running torch" in warning
+    images = _images(2, 3, 40, 40, seed=3)
+    assert torch.allclose(built(images), _reference(model, images), atol=1e-5)
+
+
+def test_auto_without_the_onnx_package_runs_torch_with_one_warning(tmp_path, monkeypatch, caplog):
+    _hide(monkeypatch, "onnx")  # the engines are there, torch's exporter cannot write
+    with caplog.at_level(logging.INFO, logger="training.engine"):
+        built = build_engine(
+            _model(), "auto", example=_images(2, 3, 40, 40), cache_dir=tmp_path, key="k", device=CPU
+        )
+    assert built.name == "torch"
+    (warning,) = _warnings(caplog)
+    assert "the pip package onnx (torch's ONNX exporter) is not installed" in warning
+
+
+def test_auto_takes_the_next_engine_when_the_first_is_missing_or_broken(
+    tmp_path, monkeypatch, caplog
+):
+    model, example = _model(), _images(2, 3, 40, 40)
+
+    def build() -> engines.ForwardEngine:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="training.engine"):
+            return build_engine(
+                model, "auto", example=example, cache_dir=tmp_path, key="k", device=CPU
+            )
+
+    assert build().name == "openvino" and not _warnings(caplog)  # the measured order
+
+    with monkeypatch.context() as patch:
+        _hide(patch, "openvino")  # not installed: no warning, the next engine
+        assert build().name == "onnxruntime" and not _warnings(caplog)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Cannot compile the model\nwith more detail on line two")
+
+    monkeypatch.setattr(engines.OpenVinoEngine, "__init__", broken)
+    assert build().name == "onnxruntime"
+    (warning,) = _warnings(caplog)
+    assert "openvino not used (RuntimeError: Cannot compile the model)" in warning
+    assert "line two" not in warning and "running onnxruntime instead" in warning
+
+    monkeypatch.setattr(engines.OnnxRuntimeEngine, "__init__", broken)
+    assert build().name == "torch"
+    (warning,) = _warnings(caplog)
+    assert "openvino not used" in warning and "onnxruntime not used" in warning
+    assert "running torch instead" in warning
+
+
+def test_an_engine_that_disagrees_with_torch_is_not_used(tmp_path, monkeypatch, caplog):
+    real_open = engines._open_engine
+
+    class Off(engines.ForwardEngine):
+        """What reduced precision looks like: outputs off by 1e-2."""
+
+        name = "onnxruntime"
+
+        def __init__(self, *args) -> None:
+            self.inner = real_open(*args)
+
+        def __call__(self, images):
+            return self.inner(images) + 1e-2
+
+    monkeypatch.setattr(engines, "_open_engine", Off)
+    model = _model()
+    with caplog.at_level(logging.INFO, logger="training.engine"):
+        built = build_engine(
+            model,
+            "onnxruntime",
+            example=_images(2, 3, 40, 40),
+            cache_dir=tmp_path,
+            key="k",
+            device=CPU,
+        )
+    assert built.name == "torch"
+    (warning,) = _warnings(caplog)
+    assert "max |output - torch| 0.01 > 0.0001" in warning and "running torch" in warning
+
+
+def test_an_explicit_engine_that_is_not_installed_is_a_clear_error(tmp_path, monkeypatch):
+    _hide(monkeypatch, "openvino")
+    with pytest.raises(EngineError, match=r"--engine openvino needs the pip package openvino"):
+        build_engine(
+            _model(),
+            "openvino",
+            example=_images(1, 3, 32, 32),
+            cache_dir=tmp_path,
+            key="k",
+            device=CPU,
+        )
+    _hide(monkeypatch, "onnx")
+    with pytest.raises(EngineError, match=r"needs the pip package onnx \(torch's ONNX exporter"):
+        build_engine(
+            _model(),
+            "onnxruntime",
+            example=_images(1, 3, 32, 32),
+            cache_dir=tmp_path,
+            key="k",
+            device=CPU,
+        )
+    with pytest.raises(EngineError, match="runs on the CPU, but the device is cuda"):
+        build_engine(
+            _model(),
+            "onnxruntime",
+            example=_images(1, 3, 32, 32),
+            cache_dir=tmp_path,
+            key="k",
+            device=torch.device("cuda"),
+        )
+    assert not (tmp_path / "engines").exists()
+
+
+def test_the_torch_engine_runs_channels_last_with_the_same_numbers():
+    model = _model("efficientnet_lite0")
+    images = _images(3, 3, 45, 52)
+    reference = _reference(model, images)
+    built = build_engine(
+        model, "torch", example=images, cache_dir=None, key="k", device=CPU, threads=1
+    )
+    assert built.name == "torch" and "channels-last" in built.describe()
+    assert model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert (built(images) - reference).abs().max() <= 1e-4
+
+
+def test_the_weights_digest_follows_every_weight_and_nothing_else():
+    model, same = _model(seed=0), _model(seed=0)
+    assert weights_digest(model) == weights_digest(same)
+    with torch.no_grad():
+        same.head.bias[3] += 1e-3  # the head too (backbone_digest leaves it out)
+    assert weights_digest(model) != weights_digest(same)
+    channels_last = _model(seed=0).to(memory_format=torch.channels_last)
+    assert weights_digest(channels_last) == weights_digest(model)  # layout is not weights

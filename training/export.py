@@ -1,0 +1,298 @@
+"""A trained run as one standalone ONNX file: uint8 images in, the classes' sigmoid scores out.
+
+The graph holds everything between decoded pixels and scores: each model's normalisation,
+the test-time augmentation the run was validated with (`hflip`: the mean of the logits of
+the image and its mirror image, as `training.loop.tta_logits`), the sigmoid, and for a
+k-fold run the mean of its fold models' probabilities (`predictions.ensemble`'s default
+rule). What a user must still do, decoding, resizing and cropping, is written in words in the
+file's metadata (`preprocessing`) beside the class names and the models' provenance, so the
+file can be used without this project (README: ten lines of onnxruntime).
+
+Before the file is written, the graph is run by ONNX Runtime on real images and compared
+with the same models in torch: a difference above `SCORE_TOLERANCE` is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from predictions.ensemble import AVERAGING_RULES, DEFAULT_AVERAGING_RULE, MEAN_PROBABILITY
+from training.engine import ONNX_OPSET, export_onnx_graph
+from training.loop import tta_logits
+from training.scoring import (
+    SavedModel,
+    check_same_classes,
+    load_saved_model,
+    resolve_tta,
+)
+from vocdata.atomic import atomic_write
+from vocdata.images import open_rgb
+from vocdata.paths import project_relative, resolve_project_path
+from vocdata.splits import read_split
+from vocdata.transforms import eval_resize_size, eval_transform
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "scores"
+SCORE_TOLERANCE = 1e-4  # scores are probabilities in [0, 1]: an absolute bound
+CHECK_IMAGES = 8
+_LOGIT_EPS = 1e-7  # as predictions.ensemble: a saturated probability stays finite
+
+
+class ExportError(ValueError):
+    """The run cannot be exported as asked, or its export does not reproduce torch."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    models: int
+    tta: str
+    ensemble_rule: str | None  # None for a single model
+    image_size: int
+    class_names: tuple[str, ...]
+    checked_images: int
+    real_images: bool  # False: no real image could be found, generated ones were used
+    max_score_difference: float  # max |ONNX Runtime - torch| over the check images
+    seconds: float
+    bytes: int
+
+
+class ScoringGraph(nn.Module):
+    """The scores a run's prediction pass computes, as one module: per model the (TTA)
+    logits and their sigmoid, then the ensemble's combination of the probabilities."""
+
+    def __init__(self, networks: list[nn.Module], tta: str, rule: str) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.tta, self.rule = tta, rule
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack(
+            [torch.sigmoid(tta_logits(network, images, self.tta)) for network in self.networks]
+        )
+        if len(self.networks) == 1:
+            return probabilities[0]
+        if self.rule == MEAN_PROBABILITY:
+            return probabilities.mean(dim=0)
+        clipped = probabilities.clamp(_LOGIT_EPS, 1.0 - _LOGIT_EPS)
+        return torch.sigmoid(torch.log(clipped / (1.0 - clipped)).mean(dim=0))
+
+
+def _finite(value: Any) -> Any:
+    """`value` with non-finite floats as None: the metadata must be standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def preprocessing_words(image_size: int) -> str:
+    side = eval_resize_size(image_size)
+    return (
+        f"Decode the image to RGB. Resize it so that its shorter side is {side} px, the longer "
+        f"side floor({side} * longer / shorter), bilinear with antialiasing (PIL's "
+        f"Image.resize(..., Image.BILINEAR); torchvision v2.Resize({side}, antialias=True)). "
+        f"Centre-crop {image_size} x {image_size}: top = round((height - {image_size}) / 2), "
+        f"left = round((width - {image_size}) / 2) (Python's round, as torchvision's "
+        f"CenterCrop). Feed uint8 pixels 0-255, shape (N, 3, {image_size}, {image_size}), "
+        f"RGB, channels first, not normalised: the graph normalises. Other sizes run too "
+        f"(batch, height and width are dynamic), but the models were validated at this one."
+    )
+
+
+def _metadata(
+    models: list[SavedModel], tta: str, rule: str | None, exported: dict[str, Any]
+) -> dict[str, str]:
+    image_size = models[0].image_size
+    count = len(models)
+    return {
+        "class_names": json.dumps(list(models[0].class_names)),
+        "input": (
+            f"{INPUT_NAME}: uint8 (N, 3, H, W), RGB 0-255, not normalised (see preprocessing)"
+        ),
+        "output": (
+            f"{OUTPUT_NAME}: float32 (N, {len(models[0].class_names)}), one independent sigmoid "
+            f"probability per class, in the order of class_names"
+        ),
+        "preprocessing": preprocessing_words(image_size),
+        "image_size": str(image_size),
+        "resize_shorter_side": str(eval_resize_size(image_size)),
+        "tta": tta,
+        "tta_rule": (
+            "mean of the logits of the image and of its horizontal mirror image, then sigmoid"
+            if tta == "hflip"
+            else "none: one forward pass per image"
+        ),
+        "ensemble": (
+            "one model"
+            if count == 1
+            else f"{count} models combined by {rule}: "
+            + (
+                "the mean of their sigmoid scores"
+                if rule == MEAN_PROBABILITY
+                else "the sigmoid of the mean of their logits"
+            )
+        ),
+        "provenance": json.dumps(
+            _finite(
+                {
+                    "models": [
+                        {
+                            "path": project_relative(m.path),
+                            "arch": m.arch,
+                            "image_size": m.image_size,
+                            "provenance": m.provenance,
+                        }
+                        for m in models
+                    ],
+                    "tta": tta,
+                    "ensemble_rule": rule,
+                    "export": exported,
+                }
+            )
+        ),
+    }
+
+
+def _load_models(model_paths: list[Path]) -> list[SavedModel]:
+    if not model_paths:
+        raise ExportError("nothing to export: no model file given")
+    models = [load_saved_model(Path(path)) for path in model_paths]
+    check_same_classes(models)
+    sizes = sorted({m.image_size for m in models})
+    if len(sizes) > 1:
+        raise ExportError(
+            f"the models were trained at different image sizes ({', '.join(map(str, sizes))} "
+            f"px); one ONNX file takes one preprocessing: export them one by one"
+        )
+    return models
+
+
+def default_check_images(model_paths: list[Path], count: int = CHECK_IMAGES) -> list[Path] | None:
+    """The first `count` images of the val split the (first) model was trained with, when
+    that dataset is still where its provenance says; else None."""
+    try:
+        model = load_saved_model(Path(model_paths[0]))
+        voc_root = resolve_project_path(str(model.provenance["voc_root"]))
+        files = read_split(voc_root, "val").relative_paths[:count]
+    except Exception:  # a moved dataset only means generated check images; say so, go on
+        return None
+    paths = [voc_root / name for name in files]
+    return paths if paths and all(path.is_file() for path in paths) else None
+
+
+def _check_batches(check_images: list[Path] | None, image_size: int) -> list[torch.Tensor]:
+    """The check images as the prediction pass sees them (one batch), and the first one only
+    resized (another height and width); generated images when none are given."""
+    if check_images:
+        transform = eval_transform(image_size)
+        resize, to_tensor = transform.transforms[0], transform.transforms[-1]
+        pictures = [open_rgb(path) for path in check_images]
+        cropped = torch.stack([transform(picture) for picture in pictures])
+        resized = to_tensor(resize(pictures[0])).unsqueeze(0)
+        return [cropped, resized]
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(4, 3, image_size, image_size), (1, 3, image_size + 13, image_size + 30)]
+    return [torch.randint(0, 256, s, dtype=torch.uint8, generator=generator) for s in shapes]
+
+
+def export_onnx(
+    model_paths: list[Path],
+    out: Path,
+    *,
+    check_images: list[Path] | None,
+    rule: str = DEFAULT_AVERAGING_RULE,
+    tta: str = "auto",
+) -> ExportResult:
+    """Write the models of `model_paths` (one run's model, or a k-fold run's fold models) as
+    one ONNX file at `out`, after checking it against torch on `check_images` (real images,
+    e.g. `default_check_images`; None: generated pixels, logged). `tta` 'auto': the one the
+    models were validated with. Raises ExportError (nothing written) when the ONNX scores
+    differ from torch's by more than SCORE_TOLERANCE; a model file that is not ours raises
+    training.scoring's ScoringError."""
+    import onnx
+    import onnxruntime
+
+    if rule not in AVERAGING_RULES:
+        raise ExportError(f"unknown averaging rule {rule!r}; choose one of {AVERAGING_RULES}")
+    started = time.perf_counter()
+    models = _load_models(model_paths)
+    tta = resolve_tta(models, tta)
+    ensemble_rule = rule if len(models) > 1 else None
+    graph = ScoringGraph([m.network for m in models], tta, rule).eval()
+    batches = _check_batches(check_images, models[0].image_size)
+    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        export_onnx_graph(graph, batches[0], path, [OUTPUT_NAME], INPUT_NAME)
+        proto = onnx.load(str(path))
+    session = onnxruntime.InferenceSession(
+        proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    difference = 0.0
+    with torch.inference_mode():
+        for images in batches:
+            expected = graph(images).numpy()
+            (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+            difference = max(difference, float(np.abs(got - expected).max()))
+    checked = sum(len(images) for images in batches)
+    log.info(
+        "ONNX export checked on %d %s images: max |score - torch| %.2g",
+        checked,
+        "real" if check_images else "generated",
+        difference,
+    )
+    if not difference <= SCORE_TOLERANCE:
+        raise ExportError(
+            f"the exported graph's scores differ from torch's by up to {difference:.2g} "
+            f"(allowed {SCORE_TOLERANCE:g}); {out} was not written"
+        )
+    exported = {
+        "by": "training.export",
+        "torch": torch.__version__,
+        "onnx_opset": ONNX_OPSET,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "checked_images": checked,
+        "checked_on": "real images" if check_images else "generated images",
+        "max_abs_score_difference_vs_torch": difference,
+    }
+    for key, value in _metadata(models, tta, ensemble_rule, exported).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "voc-multilabel-classifier"
+    proto.doc_string = (
+        f"Pascal VOC multi-label classifier ({'+'.join(sorted({m.arch for m in models}))}, "
+        f"{len(models)} model(s)); see metadata_props: preprocessing, class_names, provenance"
+    )
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    with atomic_write(out) as tmp:
+        tmp.write_bytes(data)
+    return ExportResult(
+        path=Path(out),
+        models=len(models),
+        tta=tta,
+        ensemble_rule=ensemble_rule,
+        image_size=models[0].image_size,
+        class_names=models[0].class_names,
+        checked_images=checked,
+        real_images=bool(check_images),
+        max_score_difference=difference,
+        seconds=time.perf_counter() - started,
+        bytes=len(data),
+    )
