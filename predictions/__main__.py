@@ -18,14 +18,17 @@ from predictions.ensemble import AVERAGING_RULES, DEFAULT_AVERAGING_RULE
 from predictions.format import PredictionsFormatError, save_predictions
 from predictions.provenance import provenance_value
 from predictions.runs import RunNotFoundError
+from training.engine import ENGINE_CHOICES
 from training.loop import TTA_MODES
 from training.runtime import AMP_MODES
 from training.scoring import TTA_AUTO
 from vocdata.atomic import probe_writable
 from vocdata.options import (
     add_amp_option,
+    add_cache_dir_option,
     add_channels_last_option,
     add_device_option,
+    add_engine_option,
     add_progress_option,
     add_runs_dir_option,
     add_workers_option,
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     add_workers_option(machine)
     add_amp_option(machine, AMP_MODES)
+    add_engine_option(machine, ENGINE_CHOICES)
+    add_cache_dir_option(machine)
     add_channels_last_option(machine)
     add_progress_option(machine)
     return parser
@@ -251,6 +256,8 @@ def run(args: argparse.Namespace) -> Path:
         workers=workers,
         rule=args.average,
         tta=args.tta,
+        engine=args.engine,
+        cache_dir=resolve_project_path(args.cache_dir) if args.cache_dir else None,
         progress=args.progress,
     )
     try:

@@ -64,6 +64,10 @@ KEYS: dict[str, Key] = {
     "head": _key(_OPT_STR, "the head in words, with its trained parameters"),
     "head_kind": _key(_OPT_STR, "random, init or prior"),
     "tta": _key(str, "test-time augmentation of the scores: none or hflip", "none"),
+    "view": _key(_PER_MODEL_STR, "how images were seen: crop, whole or crop+whole", "crop"),
+    "whole_size": _key(_PER_MODEL_INT, "shorter side of the whole view"),
+    "spatial_max": _key((bool, list, NoneType), "the prior head's spatial maximum", False),
+    "engine": _key(_OPT_STR, "what ran the forward passes (engine, versions, precision)"),
     "freeze_backbone": _key((bool, NoneType), "only the head was trained (frozen features)"),
     "lp_ft": _key((bool, NoneType), "linear probe, then fine-tuning"),
     "models": _key(

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from training import engine as engines
-from training.engine import EngineError, build_engine, pooled_features_module, weights_digest
-from training.model import MultiLabelClassifier, build_classifier
+from training.engine import EngineError, build_engine, weights_digest
+from training.model import HeadInputs, MultiLabelClassifier, build_classifier
 
 CPU = torch.device("cpu")
 
@@ -77,16 +77,16 @@ class _LogitsAndFeatures(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_features(images)
+        features = self.model.head_inputs(images)
+        return self.model.head(features), features
 
 
-def test_tuple_outputs_and_the_pooled_features_module(tmp_path):
+def test_tuple_outputs_and_the_head_inputs_module(tmp_path):
     model = _model()
     images = _images(4, 3, 48, 40)
     logits, features = _reference(_LogitsAndFeatures(model), images)
-    pooled = pooled_features_module(model)
-    assert torch.equal(_reference(pooled, images), features)  # exactly the head's input
-    assert isinstance(model.head, nn.Linear)  # the copy's head changed, not the model's
+    assert torch.equal(_reference(HeadInputs(model), images), features)  # the head's input
+    assert torch.equal(_reference(model, images), logits)
 
     both = build_engine(
         _LogitsAndFeatures(model),
@@ -307,7 +307,7 @@ def test_the_weights_digest_follows_every_weight_and_nothing_else():
     model, same = _model(seed=0), _model(seed=0)
     assert weights_digest(model) == weights_digest(same)
     with torch.no_grad():
-        same.head.bias[3] += 1e-3  # the head too (backbone_digest leaves it out)
+        same.head.bias[3] += 1e-3  # the head too (head_input_digest leaves it out)
     assert weights_digest(model) != weights_digest(same)
     channels_last = _model(seed=0).to(memory_format=torch.channels_last)
     assert weights_digest(channels_last) == weights_digest(model)  # layout is not weights

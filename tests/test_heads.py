@@ -239,9 +239,9 @@ def test_frozen_features_are_computed_once_and_reused(tiny_voc, tmp_path, monkey
     passes: list[int] = []
     extract = training.features.extract_features
 
-    def counting(model, dataset, *args, **kwargs):
-        passes.append(len(dataset))
-        return extract(model, dataset, *args, **kwargs)
+    def counting(forward, loader, size, *args, **kwargs):
+        passes.append(size)
+        return extract(forward, loader, size, *args, **kwargs)
 
     monkeypatch.setattr(training.features, "extract_features", counting)
     runs = tmp_path / "runs"

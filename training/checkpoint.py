@@ -26,6 +26,7 @@ from training.model import MultiLabelClassifier, build_classifier
 from training.runfolder import RunFolderError
 from vocdata.atomic import atomic_write
 from vocdata.paths import display_path
+from vocdata.views import View, parse_views
 
 MODEL_FORMAT = "voc-multilabel-classifier/1"
 # What torch.load and load_state_dict raise for a damaged or foreign checkpoint.
@@ -86,7 +87,11 @@ def save_best_model(
     image_size: int,
     provenance: dict[str, Any],
     head: str = "random",
+    view: str = "crop",
+    whole_size: int | None = None,
 ) -> None:
+    """`model_best.pt`: the weights with what rebuilds the model (arch, classes, head and its
+    structure) and what feeds it (image size, views)."""
     save_atomic(
         {
             "format": MODEL_FORMAT,
@@ -94,10 +99,20 @@ def save_best_model(
             "class_names": list(class_names),
             "image_size": image_size,
             "head": head,  # the head's structure (training/heads.py); older files: "random"
+            "spatial_max": bool(getattr(model.head, "uses_feature_map", False)),
+            "view": view,  # how it sees images (vocdata/views.py); older files: crop
+            "whole_size": whole_size,
             "state_dict": model.state_dict(),
             "provenance": provenance,
         },
         path,
+    )
+
+
+def saved_views(saved: dict[str, Any]) -> tuple[View, ...]:
+    """The views a saved model was trained with (a model saved before views: the crop)."""
+    return parse_views(
+        str(saved.get("view") or "crop"), int(saved["image_size"]), saved.get("whole_size")
     )
 
 
@@ -121,6 +136,7 @@ def load_model(
         weights="none",
         head=saved.get("head", "random"),
         class_names=saved["class_names"],
+        spatial_max=bool(saved.get("spatial_max", False)),
     )
     if model_hook is not None:
         model = model_hook(model)

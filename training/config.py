@@ -23,6 +23,7 @@ from predictions.runs import (
 )
 from training.backbones import BACKBONES
 from training.config_checks import CHOICES, ConfigError, problems
+from training.engine import ENGINE_CHOICES
 from training.runtime import AMP_MODES
 from vocdata.options import (
     add_amp_option,
@@ -30,6 +31,7 @@ from vocdata.options import (
     add_cache_dir_option,
     add_channels_last_option,
     add_device_option,
+    add_engine_option,
     add_progress_option,
     add_runs_dir_option,
     add_voc_root_option,
@@ -41,7 +43,16 @@ from vocdata.splits import DifficultMode
 
 PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
 # A resumed run's checkpoint only fits the network and optimizer it was written by.
-FIXED_ON_RESUME = ("arch", "optimizer", "head", "freeze_backbone", "lp_ft")
+FIXED_ON_RESUME = (
+    "arch",
+    "optimizer",
+    "head",
+    "freeze_backbone",
+    "lp_ft",
+    "view",
+    "whole_size",
+    "spatial_max",
+)
 
 
 def under_torchrun() -> bool:
@@ -69,6 +80,11 @@ class TrainConfig:
     weights: str = "imagenet"
     head: str = "auto"  # training/heads.py; auto = prior with pretrained weights, else random
     tta: str = "hflip"  # test-time augmentation at prediction: none | hflip (measured: helps)
+    # How images are seen at evaluation (vocdata/views.py): crop, whole or crop+whole; the
+    # whole view's shorter side (None: image_size x 10/7, 320 for 224).
+    view: str = "crop"
+    whole_size: int | None = None
+    spatial_max: bool = False  # the prior head's class-wise maximum over positions
     # Train only the head, on cached features. None (auto): frozen with pretrained weights,
     # fine-tuned with --weights none or --lp-ft; resolved when the config is made.
     freeze_backbone: bool | None = None
@@ -85,6 +101,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = -1
     amp: str = "auto"
+    engine: str = "auto"  # forward-only passes: training/engine.py
     channels_last: bool = True
     compile: bool = False
     cudnn_benchmark: bool = False
@@ -121,6 +138,19 @@ class TrainConfig:
             found.append(
                 "--freeze-backbone and --lp-ft train the head on cached features in one "
                 "process: run them without torchrun, or fine-tune (--no-freeze-backbone)"
+            )
+        if self.spatial_max and (
+            self.head in ("random", "init") or (self.head == "auto" and self.weights == "none")
+        ):
+            found.append(
+                "--spatial-max belongs to the prior head (--head prior, or auto with pretrained "
+                "weights): drop --spatial-max or use the prior head"
+            )
+        if self.view != "crop" and not self.freeze_backbone:
+            found.append(
+                f"--view {self.view} is for the frozen-feature recipe (features of each view "
+                f"computed once); a fine-tuned backbone validates on the crop view: drop --view "
+                f"or train with --freeze-backbone"
             )
         if self.freeze_backbone and self.lp_ft:
             found.append(
@@ -229,6 +259,29 @@ def build_parser() -> argparse.ArgumentParser:
         "and its mirror image (twice the prediction time)",
     )
     model.add_argument(
+        "--view",
+        default=d.view,
+        help="how an image is seen at evaluation (features, validation, scoring): 'crop' "
+        "(shorter side to --image-size/0.875, the centre square), 'whole' (the whole image, "
+        "shorter side --whole-size, longer side to the nearest multiple of 32, aspect kept "
+        "within 16 px) or 'crop+whole' (the head sees both; logits averaged over them)",
+    )
+    model.add_argument(
+        "--whole-size",
+        type=int,
+        default=d.whole_size,
+        metavar="PIXELS",
+        help="shorter side of the whole view (default: --image-size x 10/7, 320 for 224)",
+    )
+    model.add_argument(
+        "--spatial-max",
+        action=argparse.BooleanOptionalAction,
+        default=d.spatial_max,
+        help="prior head: add each class's highest prior over the cells of the feature map "
+        "(a learned weight per class, started at 0): finds small objects that average "
+        "pooling dilutes",
+    )
+    model.add_argument(
         "--freeze-backbone",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -299,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(machine, d.device)
     add_workers_option(machine)
     add_amp_option(machine, AMP_MODES, d.amp)
+    add_engine_option(machine, ENGINE_CHOICES, d.engine)
     add_channels_last_option(machine, d.channels_last)
     machine.add_argument(
         "--compile",

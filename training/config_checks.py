@@ -20,11 +20,13 @@ import torch
 
 from predictions.runs import RESERVED_NAMES
 from training.backbones import BACKBONES
+from training.engine import ENGINE_CHOICES
 from training.heads import HEAD_KINDS
 from training.loop import TTA_MODES
 from training.runtime import AMP_MODES
 from vocdata.paths import resolve_project_path
 from vocdata.splits import DifficultMode
+from vocdata.views import CELL, parse_views
 
 MIN_IMAGE_SIZE = 32  # below this the backbones' downsampling leaves nothing to classify
 CHOICES = {
@@ -34,6 +36,7 @@ CHOICES = {
     "amp": AMP_MODES,
     "head": ("auto", *HEAD_KINDS),
     "tta": TTA_MODES,
+    "engine": ENGINE_CHOICES,
 }
 
 FieldCheck = Callable[[Any], "str | None"]
@@ -142,6 +145,7 @@ for _name in (
     "progress",
     "freeze_backbone",
     "lp_ft",
+    "spatial_max",
 ):
     field_check(_name)(_boolean)
 
@@ -240,4 +244,20 @@ def _run_name(value: Any) -> str | None:
 def _resume(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         return "must be a run folder, its name or 'latest'"
+    return None
+
+
+@field_check("view")
+def _view(value: Any) -> str | None:
+    try:
+        parse_views(value, 224)
+    except (ValueError, TypeError):
+        return "choose crop, whole or crop+whole"
+    return None
+
+
+@field_check("whole_size")
+def _whole_size(value: Any) -> str | None:
+    if value is not None and (not _is_int(value) or value < CELL):
+        return f"must be a whole number >= {CELL} pixels, or left out (--image-size x 10/7)"
     return None

@@ -62,6 +62,19 @@ def _rows_mask(rows: np.ndarray, size: int) -> np.ndarray:
     return keep
 
 
+def seeded_loader_options(workers: int, seed: int, pin_memory: bool) -> dict:
+    """The DataLoader options every loader of this project uses (besides batching): persistent
+    workers with a deep prefetch queue, seeded workers and generator, pinned memory on CUDA."""
+    return {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": workers > 0,
+        "prefetch_factor": 4 if workers > 0 else None,
+        "worker_init_fn": seed_worker,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -72,19 +85,13 @@ def make_loader(
     sampler: Sampler | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """The one way this project builds a DataLoader: persistent workers with a deep prefetch
-    queue, seeded workers and generator, pinned memory on CUDA."""
+    """The one way this project builds a batching DataLoader (`seeded_loader_options`)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
         drop_last=drop_last,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed),
+        **seeded_loader_options(workers, seed, pin_memory),
     )
 
 

@@ -28,7 +28,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.model import MultiLabelClassifier
 from vocdata.atomic import atomic_write
 from vocdata.jsonio import JsonFileError, read_json, write_json
 
@@ -513,12 +511,3 @@ def weights_digest(module: nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def pooled_features_module(model: MultiLabelClassifier) -> nn.Module:
-    """A copy of `model` whose head is an identity: it returns the head's input, the pooled
-    features `forward_with_features` captures, and uses exactly the weights
-    `training.frozen.backbone_digest` covers, so that digest can key its cached export."""
-    features = deepcopy(model).eval()
-    setattr(features.backbone, model.head_name, nn.Identity())
-    return features

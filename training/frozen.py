@@ -42,17 +42,23 @@ def train_head_epoch(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[float, int]:
-    """One pass over the cached features in a seeded order, each image plain or mirrored
-    at random; the last incomplete batch is dropped, like the image loader, so the schedule
-    (stepped per batch) is the same. Returns (sum of batch-mean losses x batch size, images)."""
+    """One pass over the cached features in a seeded order, each image plain or mirrored at
+    random (and, with several views, in one of them at random); the last incomplete batch is
+    dropped, like the image loader, so the schedule (stepped per batch) is the same. Returns
+    (sum of batch-mean losses x batch size, images)."""
     head.train()
     n = len(targets)
     order = torch.randperm(n, generator=generator)
     mirror = torch.rand(n, generator=generator) < 0.5
+    if features.num_views > 1:
+        view = torch.randint(features.num_views, (n,), generator=generator)
+    else:
+        view = torch.zeros(n, dtype=torch.int64)
     loss_sum, seen = 0.0, 0
     for start in range(0, n - batch_size + 1, batch_size):
         rows = order[start : start + batch_size]
-        batch = torch.where(mirror[rows, None], features.flipped[rows], features.plain[rows])
+        plain, flipped = features.plain[view[rows], rows], features.flipped[view[rows], rows]
+        batch = torch.where(mirror[rows, None], flipped, plain)
         logits = head(batch.to(device))
         loss = masked_bce_with_logits(logits, targets[rows].to(device), mask[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -68,15 +74,21 @@ def train_head_epoch(
 def head_logits(
     head: nn.Module, features: FeatureSet, tta: str, device: torch.device, batch_size: int = 1024
 ) -> torch.Tensor:
-    """(N, C) float32 logits of the head on cached features; `hflip` averages both views."""
+    """(N, C) float32 logits of the head on cached features: the mean over the views of each
+    view's logits, which with `hflip` are the mean of the image's and its mirror's."""
     head.eval()
     out = []
-    for start in range(0, len(features.plain), batch_size):
-        plain = head(features.plain[start : start + batch_size].to(device)).float()
-        if tta == "hflip":
-            mirrored = head(features.flipped[start : start + batch_size].to(device)).float()
-            plain = 0.5 * (plain + mirrored)
-        out.append(plain.cpu())
+    for start in range(0, len(features), batch_size):
+        chunk = slice(start, start + batch_size)
+        per_view = []
+        for view in range(features.num_views):
+            logits = head(features.plain[view, chunk].to(device)).float()
+            if tta == "hflip":
+                mirrored = head(features.flipped[view, chunk].to(device)).float()
+                logits = 0.5 * (logits + mirrored)
+            per_view.append(logits)
+        logits = per_view[0] if len(per_view) == 1 else torch.stack(per_view).mean(dim=0)
+        out.append(logits.cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

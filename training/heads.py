@@ -65,14 +65,29 @@ def resolve_head(kind: str, weights: str) -> str:
 
 
 class PriorHead(nn.Module):
-    """logit_c = scale_c * prior_c(features) + offset_c + residual_c(features)."""
+    """logit_c = scale_c * prior_c(features) + offset_c + residual_c(features)
+    [+ max_weight_c * max over positions of prior_c(features at that position)].
+
+    The last term (`spatial_max`) is CSRA's class-wise spatial maximum (Zhu & Wu, 2021) on
+    the prior: the ImageNet layer is linear before its softmax, so it scores every cell of
+    the feature map, and the best cell says "somewhere in the image" for a small object that
+    average pooling dilutes. Its weight starts at 0: training starts exactly from the head
+    without it. The maximum uses only the frozen ImageNet layer, so it is computed with the
+    features (`from_feature_map`) and cached with them; the head receives it appended to the
+    pooled features.
+    """
 
     def __init__(
-        self, in_features: int, num_imagenet: int, class_synsets: Sequence[Sequence[int]]
+        self,
+        in_features: int,
+        num_imagenet: int,
+        class_synsets: Sequence[Sequence[int]],
+        spatial_max: bool = False,
     ) -> None:
         super().__init__()
         num_classes = len(class_synsets)
         self.in_features, self.out_features = in_features, num_classes
+        self.uses_feature_map = spatial_max
         members = torch.zeros(num_classes, num_imagenet, dtype=torch.bool)
         for c, indices in enumerate(class_synsets):
             members[c, list(indices)] = True
@@ -86,6 +101,8 @@ class PriorHead(nn.Module):
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.register_buffer("residual_gain", torch.ones(num_classes))
+        if spatial_max:
+            self.max_weight = nn.Parameter(torch.zeros(num_classes))
 
     def set_train_positives(
         self, positives: Sequence[int] | torch.Tensor, shrink: float = RESIDUAL_SHRINK
@@ -105,10 +122,30 @@ class PriorHead(nn.Module):
             has_synsets = self.members.any(dim=1)
             return torch.where(has_synsets, inside - outside, torch.zeros_like(inside))
 
+    def from_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(N, C): the highest prior log-odds of each class over the cells of `feature_map`
+        (N, F, h, w), each cell scored by the frozen ImageNet layer like pooled features."""
+        with torch.autocast(device_type=feature_map.device.type, enabled=False):
+            cells = feature_map.float().flatten(2).transpose(1, 2)  # (N, h*w, F)
+            z = nn.functional.linear(cells, self.imagenet_weight, self.imagenet_bias)
+            # log-odds = log sum_{in} e^z - log sum_{out} e^z; the common max cancels
+            e = torch.exp(z - z.amax(dim=-1, keepdim=True))
+            members = self.members.to(e.dtype)
+            tiny = torch.finfo(e.dtype).tiny
+            inside = (e @ members.T).clamp_min(tiny).log()
+            outside = (e @ (1.0 - members).T).clamp_min(tiny).log()
+            log_odds = torch.where(self.members.any(dim=1), inside - outside, 0.0)
+            return log_odds.amax(dim=1)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        prior = self.prior_logits(features)
-        residual = self.residual(features).float() * self.residual_gain
-        return self.scale * prior + self.offset + residual
+        """`features` (N, F), or (N, F + C) with the spatial maxima appended."""
+        pooled = features[:, : self.in_features] if self.uses_feature_map else features
+        prior = self.prior_logits(pooled)
+        residual = self.residual(pooled).float() * self.residual_gain
+        logits = self.scale * prior + self.offset + residual
+        if self.uses_feature_map:
+            logits = logits + self.max_weight * features[:, self.in_features :].float()
+        return logits
 
 
 def build_head(
@@ -116,14 +153,18 @@ def build_head(
     imagenet_layer: nn.Linear,
     class_names: Sequence[str],
     pretrained: bool = True,
+    spatial_max: bool = False,
 ) -> nn.Module:
-    """The 20-output head of `kind` from the network's ImageNet layer.
+    """The 20-output head of `kind` from the network's ImageNet layer (`spatial_max`: the
+    prior head's class-wise maximum over positions).
 
     With `pretrained=False` only the structure is built (its values come from a saved
     state dict), so `load_model` needs no ImageNet weights.
     """
     in_features, num_classes = imagenet_layer.in_features, len(class_names)
     synsets = class_synset_indices(tuple(class_names))
+    if spatial_max and kind != "prior":
+        raise ValueError(f"the spatial maximum belongs to the prior head, not to {kind!r}")
     if kind == "random":
         return nn.Linear(in_features, num_classes)
     if kind == "init":
@@ -137,7 +178,7 @@ def build_head(
                         head.bias[c] = imagenet_layer.bias[rows].mean() + INIT_BIAS_SHIFT
         return head
     if kind == "prior":
-        head = PriorHead(in_features, imagenet_layer.out_features, synsets)
+        head = PriorHead(in_features, imagenet_layer.out_features, synsets, spatial_max)
         if pretrained:
             with torch.no_grad():
                 head.imagenet_weight.copy_(imagenet_layer.weight)
@@ -150,11 +191,16 @@ def describe_head(head: nn.Module, kind: str) -> str:
     """One line for the provenance and the report: which head, and how many trained numbers."""
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
     if isinstance(head, PriorHead):
+        spatial = (
+            ",\n  + a zero-started weight x the class's best cell of the feature map"
+            if head.uses_feature_map
+            else ""
+        )
         return (
             f"prior: frozen ImageNet layer -> log-odds of its softmax mass on each class's "
             f"synsets,\n  x learned scale + offset, + a zero-started Linear({head.in_features} "
             f"-> {head.out_features}) residual damped by n/(n+{RESIDUAL_SHRINK:g}) for n train "
-            f"images: {trained:,} trained parameters"
+            f"images{spatial}: {trained:,} trained parameters"
         )
     origin = "rows started from ImageNet synsets" if kind == "init" else "freshly initialised"
     return (

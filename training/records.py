@@ -20,6 +20,7 @@ from training.folds import Fold
 from vocdata.classes import VOC_CLASSES
 from vocdata.paths import project_relative
 from vocdata.splits import VocSplit
+from vocdata.views import parse_views
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -65,6 +66,12 @@ def epoch_record(
     }
 
 
+def resolved_whole_size(config: TrainConfig) -> int | None:
+    """The whole view's shorter side (None when the run has no whole view)."""
+    views = parse_views(config.view, config.image_size, config.whole_size)
+    return next((view.size for view in views if view.kind == "whole"), None)
+
+
 def weights_label(weights: str) -> str:
     return weights if weights in ("imagenet", "none") else project_relative(weights)
 
@@ -85,6 +92,7 @@ def model_provenance(
     voc_root: Path,
     run_dir: Path,
     fold: Fold | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """The provenance of the model kept at `record`'s epoch (and of its predictions). A fold
     model's `val_*` measured its held-out fold, so those become `heldout_*` and val_map is
@@ -106,6 +114,10 @@ def model_provenance(
         "head": head,
         "head_kind": head_kind,
         "tta": config.tta,
+        "view": config.view,
+        "whole_size": resolved_whole_size(config),
+        "spatial_max": config.spatial_max,
+        "engine": engine,
         "freeze_backbone": config.freeze_backbone,
         "lp_ft": config.lp_ft,
         "voc_root": project_relative(voc_root),

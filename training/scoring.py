@@ -1,14 +1,16 @@
 """Score images with saved models: a VOC-layout split or a plain folder, one model or several.
 
-The preprocessing is the trainer's own: `eval_transform` at the image size each model was
-trained with, the model normalising its own uint8 input, the trainer's validation loader
-settings, its `Runtime` (AMP and channels-last on CUDA) and `training.loop.predict`. So
-re-scoring a run's validation split reproduces its `val_predictions.npz`, and whatever the
-prediction pass learns (test-time augmentation) reaches every scorer at once.
+The preprocessing and the pass are the trainer's own: the views each model was trained with
+(`vocdata/views.py`), the model normalising its own uint8 input, its head inputs computed by
+the trainer's feature pass (`training.features`, through an inference engine) and its head
+applied by `training.frozen.head_logits` with the same test-time augmentation. So re-scoring
+a frozen run's validation split reproduces its `val_predictions.npz` exactly, and whatever
+the prediction pass learns reaches every scorer at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -34,18 +36,26 @@ from predictions.runs import (
     RunNotFoundError,
     resolve_run_dir,
 )
-from training.checkpoint import load_model
-from training.data import eval_loader
-from training.loop import predict
+from training.checkpoint import load_model, saved_views
+from training.engine import ForwardEngine, build_engine
+from training.features import (
+    FeatureSet,
+    extract_features,
+    forward_engine,
+    head_input_digest,
+    view_loader,
+)
+from training.frozen import head_logits
+from training.model import HeadInputs, MultiLabelClassifier
 from training.runtime import Runtime
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.errors import ImageReadError
 from vocdata.folder import ImageFolderDataset, list_image_folder
-from vocdata.images import SKIP_HINT, find_bad_images
+from vocdata.images import SKIP_HINT, find_bad_images, upright_sizes
 from vocdata.paths import project_relative, resolve_project_path
 from vocdata.splits import image_relative_path, main_dir, read_split
-from vocdata.transforms import eval_transform
+from vocdata.views import View
 
 log = logging.getLogger("predictions")
 
@@ -63,11 +73,12 @@ class SavedModel:
     """One rebuilt model with what was saved beside its weights."""
 
     path: Path
-    network: nn.Module
+    network: MultiLabelClassifier
     arch: str
     class_names: tuple[str, ...]
     image_size: int
     provenance: dict[str, Any]
+    views: tuple[View, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -140,13 +151,15 @@ def load_saved_model(path: Path) -> SavedModel:
             f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). Pass a run folder "
             f"or its model_best.pt to --model."
         ) from error
+    image_size = int(saved["image_size"])
     return SavedModel(
         path=path,
         network=network,
         arch=str(saved["arch"]),
         class_names=tuple(saved["class_names"]),
-        image_size=int(saved["image_size"]),
+        image_size=image_size,
         provenance=dict(saved.get("provenance", {})),
+        views=saved_views(saved),
     )
 
 
@@ -189,11 +202,16 @@ class ScoringData:
     difficult: str = "ignore"
     _voc_split: Any = None
 
-    def dataset(self, image_size: int, num_classes: int) -> Dataset:
-        transform = eval_transform(image_size)
+    def dataset(self, view: View, num_classes: int) -> Dataset:
+        """The images as `view` shows them (the trainer's own transform for that view)."""
+        transform = view.transform()
         if self._voc_split is not None:
             return VocClassification(self.root, self._voc_split, self.difficult, transform)
         return ImageFolderDataset(self.root, self.files, transform, num_classes)
+
+    def sizes(self, workers: int) -> list[tuple[int, int]]:
+        """Every image's upright (width, height): a whole view batches them by shape."""
+        return upright_sizes(self.root, self.files, max(1, workers))
 
 
 def voc_split_data(
@@ -294,29 +312,15 @@ def image_folder_data(folder: Path, workers: int = 8) -> ScoringData:
 
 
 # -- the pass ------------------------------------------------------------------------------------
-class _StackedModels(nn.Module):
-    """Several models as one: their logits side by side, so one decoded batch feeds them all."""
+class _StackedHeadInputs(nn.Module):
+    """Several models' head inputs side by side, so one decoded batch feeds them all."""
 
-    def __init__(self, networks: list[nn.Module]) -> None:
+    def __init__(self, networks: list[MultiLabelClassifier]) -> None:
         super().__init__()
-        self.networks = nn.ModuleList(networks)
+        self.parts = nn.ModuleList(HeadInputs(network) for network in networks)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([network(images) for network in self.networks], dim=1)
-
-
-class _RepeatedTargets(Dataset):
-    """Targets and mask repeated once per stacked model, matching `_StackedModels`' output."""
-
-    def __init__(self, dataset: Dataset, copies: int) -> None:
-        self.dataset, self.copies = dataset, copies
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        pixels, target, mask, row = self.dataset[index]
-        return pixels, target.repeat(self.copies), mask.repeat(self.copies), row
+        return torch.cat([part(images) for part in self.parts], dim=1)
 
 
 @dataclass
@@ -325,6 +329,34 @@ class ScoringResult:
     seconds: float
     images_per_second: float
     device: str
+    engine: str
+
+
+def _group_forward(
+    members: list[SavedModel], engine: str, runtime: Runtime, cache_dir: Path | None
+) -> ForwardEngine:
+    """One engine for the head inputs of every member (one model: exactly the trainer's
+    feature pass, so its export is shared and its numbers are the trainer's)."""
+    if len(members) == 1:
+        network = members[0].network
+        return forward_engine(network, engine, runtime, cache_dir, members[0].image_size)
+    stacked = _StackedHeadInputs([m.network for m in members]).eval()
+    digest = hashlib.sha256("".join(head_input_digest(m.network) for m in members).encode())
+    example = torch.randint(
+        0,
+        256,
+        (2, 3, members[0].image_size, members[0].image_size),
+        generator=torch.Generator().manual_seed(0),
+    )
+    return build_engine(
+        stacked,
+        engine,
+        example=example.to(torch.uint8),
+        cache_dir=cache_dir,
+        key=digest.hexdigest(),
+        device=runtime.device,
+        amp_dtype=runtime.amp_dtype,
+    )
 
 
 def score(
@@ -336,12 +368,17 @@ def score(
     workers: int = 0,
     rule: str = DEFAULT_AVERAGING_RULE,
     tta: str = TTA_AUTO,
+    engine: str = "auto",
+    cache_dir: Path | None = None,
     progress: bool = True,
 ) -> ScoringResult:
     """Sigmoid scores of every image of `data` under every model, combined with `rule`.
 
-    Models sharing an image size share one loader (each image decoded once for all of them).
-    `tta` 'auto' uses the test-time augmentation the models were validated with.
+    The trainer's two steps: each model's head inputs of every view it was trained with
+    (`training.features`, through an inference engine), then its head on them
+    (`training.frozen.head_logits`). Models with the same views share one loader per view
+    (each image decoded once for all of them). `tta` 'auto' uses the test-time augmentation
+    the models were validated with.
     """
     tta = resolve_tta(models, tta)
     class_names = check_same_classes(models)
@@ -350,33 +387,42 @@ def score(
             f"The models predict {len(class_names)} classes but the data has labels for "
             f"{data.labels.shape[1]}."
         )
-    pin_memory = runtime.device.type == "cuda"
-    per_model: dict[int, np.ndarray] = {}
     started = time.perf_counter()
-    for image_size in sorted({m.image_size for m in models}):
-        members = [i for i, m in enumerate(models) if m.image_size == image_size]
-        stacked = _StackedModels([models[i].network for i in members])
-        stacked.to(runtime.device, memory_format=runtime.memory_format)
-        dataset = _RepeatedTargets(data.dataset(image_size, len(class_names)), len(members))
-        loader = eval_loader(
-            dataset, batch_size=batch_size, workers=workers, seed=0, pin_memory=pin_memory
-        )
-        result = predict(
-            stacked,
-            loader,
-            runtime,
-            progress=progress,
-            description=f"scoring {image_size}px",
-            tta=tta,
-        )
-        logits = np.empty((len(data.files), result.logits.shape[1]), dtype=np.float32)
-        logits[result.indices] = result.logits
+    sizes = data.sizes(workers) if any(v.kind != "crop" for m in models for v in m.views) else None
+    per_model: dict[int, np.ndarray] = {}
+    engines = []
+    for views in dict.fromkeys(m.views for m in models):
+        members = [i for i, m in enumerate(models) if m.views == views]
+        forward = _group_forward([models[i] for i in members], engine, runtime, cache_dir)
+        engines.append(forward.describe())
+        per_view = []
+        for view in views:
+            view_sizes = sizes if sizes is not None else [(view.size, view.size)] * len(data.files)
+            loader = view_loader(
+                data.dataset(view, len(class_names)), view, view_sizes, batch_size, workers
+            )
+            per_view.append(
+                extract_features(
+                    forward,
+                    loader,
+                    len(data.files),
+                    tta == "hflip",
+                    progress,
+                    f"scoring {view.name}",
+                )
+            )
+        widths = [models[i].network.head_input_width for i in members]
+        bounds = np.cumsum([0, *widths])
         for slot, model_index in enumerate(members):
-            columns = slice(slot * len(class_names), (slot + 1) * len(class_names))
-            per_model[model_index] = scores_from_logits(logits[:, columns])
+            columns = slice(int(bounds[slot]), int(bounds[slot + 1]))
+            features = FeatureSet.of_views(
+                [(p[:, columns], None if f is None else f[:, columns]) for p, f in per_view]
+            )
+            logits = head_logits(models[model_index].network.head, features, tta, runtime.device)
+            per_model[model_index] = scores_from_logits(logits.numpy())
     seconds = time.perf_counter() - started
     scores = combine_scores([per_model[i] for i in range(len(models))], rule)
-    provenance = scoring_provenance(models, data, rule, runtime, tta)
+    provenance = scoring_provenance(models, data, rule, runtime, tta, "; ".join(engines))
     predictions = Predictions(
         scores=scores,
         labels=data.labels,
@@ -385,7 +431,7 @@ def score(
         provenance=provenance,
     )
     rate = len(data.files) / max(seconds, 1e-9)
-    return ScoringResult(predictions, seconds, rate, str(runtime.device))
+    return ScoringResult(predictions, seconds, rate, str(runtime.device), "; ".join(engines))
 
 
 def resolve_tta(models: list[SavedModel], tta: str) -> str:
@@ -403,7 +449,12 @@ def resolve_tta(models: list[SavedModel], tta: str) -> str:
 
 
 def scoring_provenance(
-    models: list[SavedModel], data: ScoringData, rule: str, runtime: Runtime, tta: str
+    models: list[SavedModel],
+    data: ScoringData,
+    rule: str,
+    runtime: Runtime,
+    tta: str,
+    engine: str,
 ) -> dict[str, Any]:
     """Which models, which data, which averaging, TTA and when: enough to redo the file."""
     first = models[0].provenance
@@ -445,6 +496,10 @@ def scoring_provenance(
         "run": project_relative(ensemble_home([m.path for m in models])),
         "scored_by": "python -m predictions",
         "device": str(runtime.device),
+        "engine": engine,
+        "view": same_or_list("view"),
+        "whole_size": same_or_list("whole_size"),
+        "spatial_max": same_or_list("spatial_max"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if len(models) == 1:  # what the report describes about the one model's training

@@ -55,14 +55,14 @@ from training.distributed import (
     shutdown_distributed,
     sum_across,
 )
-from training.features import FeatureSet, load_features
+from training.features import FeaturePass, FeatureSet, image_source, load_features
 from training.folds import Fold
-from training.frozen import head_epoch, linear_probe, validate_on_features
+from training.frozen import head_epoch, head_logits, linear_probe, validate_on_features
 from training.heads import PriorHead, describe_head, resolve_head
 from training.loop import predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
-from training.records import EpochTiming, epoch_record, model_provenance
+from training.records import EpochTiming, epoch_record, model_provenance, resolved_whole_size
 from training.runfolder import (
     EarlyLog,
     EpochLog,
@@ -122,7 +122,13 @@ def build_training_parts(
         config, voc_root, context, pin_memory=runtime.device.type == "cuda", fold=fold
     )
     head_kind = resolve_head(config.head, config.weights)
-    model = build_classifier(config.arch, len(VOC_CLASSES), config.weights, head=head_kind)
+    model = build_classifier(
+        config.arch,
+        len(VOC_CLASSES),
+        config.weights,
+        head=head_kind,
+        spatial_max=config.spatial_max,
+    )
     if model_hook is not None:
         model = model_hook(model)
     model.to(runtime.device, memory_format=runtime.memory_format)
@@ -211,8 +217,10 @@ class Trainer:
         # (a checkpoint already holds the probe's result).
         probe = config.lp_ft and not restores_checkpoint(config)
         self.features: dict[str, FeatureSet] = {}
+        self.feature_pass: FeaturePass | None = None
         if config.freeze_backbone or probe:
-            self.features = load_features(self.model, self.data, config, self.runtime, self.fold)
+            self.feature_pass = FeaturePass.of(self.model, config, self.runtime)
+            self.features = load_features(self.feature_pass, self.data, config, self.fold)
         if probe:
             linear_probe(
                 self.model,
@@ -443,6 +451,7 @@ class Trainer:
             voc_root=self.data.voc_root,
             run_dir=self.run_dir,
             fold=fold,
+            engine=None if self.feature_pass is None else self.feature_pass.forward.describe(),
         )
         save_best_model(
             self.run_dir / BEST_MODEL_FILENAME,
@@ -452,6 +461,8 @@ class Trainer:
             image_size=config.image_size,
             provenance=provenance,
             head=self.head_kind,
+            view=config.view,
+            whole_size=resolved_whole_size(config),
         )
         name = PREDICTIONS_FILENAME if fold is None else HELD_OUT_PREDICTIONS_FILENAME
         save_predictions(
@@ -474,6 +485,14 @@ class Trainer:
             raise RuntimeError("score_test_split is for fold runs (Trainer(..., fold=...))")
         best = load_trusted(self.run_dir / BEST_MODEL_FILENAME)
         self.model.load_state_dict(best["state_dict"])
+        if self.config.freeze_backbone and self.feature_pass is not None:
+            # The val split's features are the same for every fold model (one frozen
+            # backbone): computed for the first fold, read from the cache by the others.
+            cache = self.data.test_loader.dataset.image_cache
+            source = image_source(self.data.voc_root, self.data.test_split, self.config, cache)
+            features = self.feature_pass.features(source, self.config)
+            logits = head_logits(self.model.head, features, self.config.tta, self.runtime.device)
+            return scores_from_logits(logits.numpy())
         scores, _ = self.validate(self.data.test_loader, len(self.data.test_split))
         return scores
 

@@ -21,13 +21,21 @@ Ground floor of the house (no dependency on any other package of the project).
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
+import re
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vocdata.atomic import remove_abandoned
+from vocdata.jsonio import JsonFileError, read_json, write_json
 from vocdata.locks import LockFile
+
+log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
 IN_USE_SUFFIX = ".inuse"
@@ -37,12 +45,17 @@ __all__ = [
     "CHUNK_BYTES",
     "IN_USE_SUFFIX",
     "LOCK_SUFFIX",
+    "MANIFEST_SUFFIX",
+    "CacheEntry",
     "checksum_problem",
     "entry_in_use",
     "entry_lock",
+    "entry_problem",
     "file_checksums",
+    "open_entry",
     "remove_abandoned",
     "remove_entry",
+    "remove_stale_entries",
 ]
 
 
@@ -115,3 +128,106 @@ def remove_entry(prefix: str | os.PathLike[str], suffixes: tuple[str, ...]) -> b
     finally:
         in_use.release(delete=True)
     return True
+
+
+# -- one verified entry, opened or built ---------------------------------------------------------
+MANIFEST_SUFFIX = ".manifest.json"  # written last: an entry without it is incomplete
+MISSING = "missing"
+
+
+def entry_problem(prefix: Path, key: str, suffixes: tuple[str, ...]) -> str | None:
+    """None when the entry `prefix` was completed for `key` and its files still match the
+    checksums its manifest recorded; else what is wrong (MISSING when it was never built)."""
+    manifest = prefix.with_name(prefix.name + MANIFEST_SUFFIX)
+    if not manifest.is_file():
+        return MISSING
+    try:
+        recorded = read_json(manifest, "a cache manifest", dict)
+    except JsonFileError:
+        return "its manifest is unreadable"
+    if recorded.get("key") != key:
+        return "it was made from other inputs"
+    files = recorded.get("files")
+    if not isinstance(files, dict) or sorted(files) != sorted(suffixes):
+        return "its manifest lists other files"
+    for suffix in suffixes:
+        problem = checksum_problem(prefix.with_name(prefix.name + suffix), files[suffix])
+        if problem is not None:
+            return problem
+    return None
+
+
+@dataclass
+class CacheEntry:
+    """An entry opened for reading: its files stay until `release` (the in-use lock)."""
+
+    prefix: Path
+    in_use: LockFile
+    built: bool  # built (or rebuilt) by this call
+
+    def file(self, suffix: str) -> Path:
+        return self.prefix.with_name(self.prefix.name + suffix)
+
+    def release(self) -> None:
+        self.in_use.release()
+
+
+def open_entry(
+    prefix: Path,
+    key: str,
+    suffixes: tuple[str, ...],
+    build: Callable[[Path], None],
+    what: str,
+) -> CacheEntry:
+    """The cache entry `prefix` for `key`, verified, or (re)built by `build(prefix)`.
+
+    `build` writes the files `<prefix><suffix>` (atomically); the manifest with their
+    checksums is written after them. A damaged entry (changed, cut short, half written) is
+    rebuilt with a warning naming it; two processes never build one entry at once (the second
+    waits, then finds it built); no clean-up removes an entry while it is open. `what` names
+    the cache in messages ("the feature cache").
+    """
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(prefix.parent)
+    in_use = entry_in_use(prefix)
+    in_use.acquire(shared=True)
+    try:
+        problem = entry_problem(prefix, key, suffixes)
+        if problem is not None:
+            waiting = f"waiting for another process that is building {what} {prefix}"
+            with entry_lock(prefix).acquired(waiting):
+                problem = entry_problem(prefix, key, suffixes)  # built while we waited?
+                if problem is not None:
+                    if problem != MISSING:
+                        log.warning("%s %s is damaged (%s): rebuilding it", what, prefix, problem)
+                    manifest = prefix.with_name(prefix.name + MANIFEST_SUFFIX)
+                    manifest.unlink(missing_ok=True)  # incomplete from now on
+                    build(prefix)
+                    files = {
+                        suffix: file_checksums(prefix.with_name(prefix.name + suffix))
+                        for suffix in suffixes
+                    }
+                    write_json(manifest, {"key": key, "files": files})
+        return CacheEntry(prefix, in_use, built=problem is not None)
+    except BaseException:
+        in_use.release()
+        raise
+
+
+def remove_stale_entries(
+    folder: Path, family: str, keep: Path, suffixes: tuple[str, ...]
+) -> list[str]:
+    """Remove the entries `<family>-<16 hex digits>` of `folder` other than `keep` (outdated
+    keys of the same inputs' family), unless a process still uses them; returns their names."""
+    pattern = re.compile(re.escape(family) + r"-[0-9a-f]{16}")
+    all_suffixes = (*suffixes, MANIFEST_SUFFIX, LOCK_SUFFIX, IN_USE_SUFFIX)
+    names = set()
+    for path in folder.glob(f"{glob.escape(family)}-*"):
+        for suffix in all_suffixes:
+            if path.name.endswith(suffix):
+                names.add(path.name.removesuffix(suffix))
+    removed = []
+    for name in sorted(n for n in names if pattern.fullmatch(n) and n != keep.name):
+        if remove_entry(folder / name, (*suffixes, MANIFEST_SUFFIX)):
+            removed.append(name)
+    return removed

@@ -136,3 +136,30 @@ def find_bad_images(
         problems = pool.map(_decode_problem, (voc_root / rel for rel in relative_paths))
         pairs = zip(relative_paths, problems, strict=True)
         return [(rel, problem) for rel, problem in pairs if problem]
+
+
+_TURNED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def upright_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of the image as `open_rgb` returns it, from the file's header alone
+    (no pixels decoded): what a `whole` view needs to batch images by shape."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED_ORIENTATIONS
+    except FileNotFoundError as error:
+        raise ImageReadError(f"Image missing: {path}. Restore it, or {SKIP_HINT}.") from error
+    except IMAGE_READ_ERRORS as error:
+        raise ImageReadError(
+            f"Cannot decode image {path} ({error}). Replace the file, or {SKIP_HINT}."
+        ) from error
+    return (height, width) if turned else (width, height)
+
+
+def upright_sizes(
+    root: Path, relative_paths: Sequence[str], workers: int = 8
+) -> list[tuple[int, int]]:
+    """`upright_size` of every listed image, in order (headers read in threads)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(upright_size, (Path(root) / rel for rel in relative_paths)))

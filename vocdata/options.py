@@ -120,3 +120,17 @@ def add_progress_option(parser: argparse.ArgumentParser, default: bool = True) -
         default=default,
         help="progress bars",
     )
+
+
+def add_engine_option(
+    parser: argparse.ArgumentParser, choices: Sequence[str], default: str = "auto"
+) -> None:
+    """`--engine`, its choices given by the caller from training's engine registry."""
+    parser.add_argument(
+        "--engine",
+        choices=list(choices),
+        default=default,
+        help="what runs the forward-only passes (frozen features, scoring): auto = the fastest "
+        "installed CPU engine on a CPU (OpenVINO, else ONNX Runtime; float32, checked against "
+        "torch), torch on CUDA",
+    )

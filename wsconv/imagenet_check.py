@@ -62,9 +62,7 @@ def read_imagenet_samples(
 def imagenet_classifier(arch: str, weights: str) -> MultiLabelClassifier:
     """The 1000-class network with its own input normalisation (takes uint8 images)."""
     spec = get_backbone(arch)
-    return MultiLabelClassifier(
-        create_imagenet_network(arch, weights), spec.head_name, spec.mean, spec.std
-    ).eval()
+    return MultiLabelClassifier(create_imagenet_network(arch, weights), spec).eval()
 
 
 @torch.inference_mode()
