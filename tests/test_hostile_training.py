@@ -464,6 +464,27 @@ def test_machine_and_bookkeeping_options_may_change_on_resume(finished_run, tmp_
     assert [r["epoch"] for r in _history(run_dir)] == [1, 2]
 
 
+def test_a_checkpoint_saved_without_loss_scaling_resumes_with_it(tmp_path):
+    """--device may change: a run saved on the CPU (no fp16 loss scaling, an empty scaler
+    state) resumed on a GPU with fp16 starts its scaler fresh instead of failing to load."""
+    from training.checkpoint import TrainState, load_training_state, save_training_state
+
+    model = torch.nn.Linear(3, 2)
+
+    def parts(scaling: bool):
+        optimizer = torch.optim.AdamW(model.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=scaling)
+
+    path = tmp_path / "checkpoint_last.pt"
+    optimizer, scheduler, scaler = parts(False)
+    config = TrainConfig(weights="none")
+    save_training_state(path, model, optimizer, scheduler, scaler, TrainState(epoch=2), config)
+    optimizer, scheduler, scaler = parts(True)
+    assert load_training_state(path, model, optimizer, scheduler, scaler).epoch == 2
+    assert scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+
+
 # -- 8. wsconv runs ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def wsconv_run(tmp_path_factory) -> tuple[TinyVoc, Path]:
