@@ -39,6 +39,11 @@ _RAMP_RGB = ((20, 20, 140), (0, 170, 255), (70, 210, 70), (255, 210, 0), (220, 2
 CamKey = tuple[str, int]  # (image file relative to the dataset root, class index)
 
 
+class ModelRefusedError(RuntimeError):
+    """The model cannot be rebuilt here (a wsconv network): no maps, rather than maps of the
+    plain network it is not."""
+
+
 def heat_colours(heatmap: np.ndarray) -> np.ndarray:
     """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours on the ramp."""
     heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0.0, 1.0)
@@ -175,9 +180,18 @@ class CamProvider:
 
     def _mapper(self, index: int) -> GradCamMapper:
         if index not in self.mappers:
+            from training.checkpoint import ModelVariantError
+
             path = self.source.models[index]
             log.info("loading %s for activation maps", path)
-            self.mappers[index] = self._mapper_factory(path)
+            try:
+                self.mappers[index] = self._mapper_factory(path)
+            except ModelVariantError as error:  # from now on the map is off, and says why
+                self.source = CamSource(
+                    reason=f"No activation maps: {path.name} holds a '{error.variant}' network "
+                    f"(changed before training), which the browser cannot rebuild"
+                )
+                raise ModelRefusedError(self.source.reason) from None
         return self.mappers[index]
 
     def get(self, file: str, class_index: int) -> np.ndarray | None:
@@ -226,6 +240,9 @@ class CamProvider:
         def job() -> None:
             try:
                 self.compute(file, class_index, row)
+            except ModelRefusedError as error:
+                on_done(key, str(error))
+                return
             except Exception as error:  # reported to the person, never swallowed
                 log.exception("activation map of %s failed", file)
                 on_done(key, f"{type(error).__name__}: {error}")

@@ -208,7 +208,10 @@ def run(args: argparse.Namespace) -> Path:
     paths = [path for spec in args.model for path in resolve_model_paths(spec, args.runs_dir)]
     if len(set(paths)) != len(paths):
         raise ScoringError("The same model is named twice in --model; name each model once.")
-    models = [load_saved_model(path) for path in paths]
+    from wsconv import model_hooks  # an entry point may: wsconv sits above training
+
+    hooks = model_hooks()  # wsconv runs are rebuilt converted, as they were trained
+    models = [load_saved_model(path, hooks) for path in paths]
     check_same_classes(models)
 
     if args.images:

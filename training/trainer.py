@@ -11,6 +11,7 @@ fold's share of the train split and chooses the epoch on its held-out rows.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ from predictions.runs import (
     BEST_MODEL_FILENAME,
     HELD_OUT_PREDICTIONS_FILENAME,
     LAST_CHECKPOINT_FILENAME,
+    LATEST_POINTER,
 )
-from training.backbones import read_state_dict
+from training.backbones import check_pretrained_weights
 from training.checkpoint import (
     ModelHook,
     TrainState,
@@ -67,6 +69,8 @@ from training.runfolder import (
     EarlyLog,
     EpochLog,
     RunFolderError,
+    RunLock,
+    RunWriteError,
     TrainingInterrupted,
     attach_log_file,
     check_resumable,
@@ -75,9 +79,12 @@ from training.runfolder import (
     write_config,
     write_history,
     write_run_provenance,
+    writing,
 )
 from training.runtime import Runtime, configure_determinism, pick_runtime
 from training.seed import derive_seed, seed_everything
+from training.selection import check_val_split
+from vocdata.atomic import remove_abandoned
 from vocdata.classes import VOC_CLASSES
 from vocdata.download import ensure_voc_root
 from vocdata.paths import display_path, project_relative, resolve_project_path
@@ -180,6 +187,7 @@ class Trainer:
         fold: Fold | None = None,
     ) -> None:
         self.config, self.model_variant, self.fold = config, model_variant, fold
+        self.run_lock: RunLock | None = None  # held while this process trains in run_dir
         self.context = init_distributed(
             use_cuda=config.device != "cpu" and torch.cuda.is_available()
         )
@@ -188,16 +196,27 @@ class Trainer:
             self._build(model_hook)
         except BaseException:
             self.early_log.stop()
+            self.close()
             shutdown_distributed(self.context)  # bad input must not leave the group behind
             raise
+
+    def close(self) -> None:
+        """Give the run folder up (its lock), once training in it is over."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
 
     def _build(self, model_hook: ModelHook | None) -> None:
         config, context = self.config, self.context
         if config.resume and context.is_main:
-            check_resumable(resolve_project_path(config.resume))
+            resumed = resolve_project_path(config.resume)
+            check_resumable(resumed)
+            if self.fold is None:  # a fold's folder is inside its k-fold run's, locked there
+                self.run_lock = RunLock(resumed).acquire()
+            remove_abandoned(resumed)  # temporaries of a session that was killed
         self.runtime = runtime_for(config, context)
-        if config.weights not in ("imagenet", "none"):
-            read_state_dict(config.weights)  # a bad file is named before the data is read
+        # A missing, untrusted or unreadable weights file is named before the data is read.
+        check_pretrained_weights(config.arch, config.weights)
         configure_determinism(self.runtime, config.cudnn_benchmark, config.deterministic)
         seed_everything(derive_seed(config.seed, context.rank))
 
@@ -209,6 +228,8 @@ class Trainer:
             config, self.runtime, context, voc_root, model_hook, fold=self.fold
         )
         self.data: RunData = parts.data
+        if self.fold is None:  # a fold's held-out part was checked with the folds
+            check_val_split(self.data.val_split, config.difficult, display_path(voc_root))
         self.model: MultiLabelClassifier = parts.model
         self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
         self.head_kind = parts.head_kind
@@ -232,6 +253,7 @@ class Trainer:
             )
 
         self.state = TrainState()
+        self.checkpoint_epoch = 0  # the epoch of the last complete checkpoint_last.pt
         if config.resume:
             self.run_dir = resolve_project_path(config.resume)
             self._resume()
@@ -240,7 +262,10 @@ class Trainer:
             if context.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
         else:
-            created = str(create_run_dir(config)) if context.is_main else None
+            created = None
+            if context.is_main:
+                run_dir, self.run_lock = create_run_dir(config)
+                created = str(run_dir)
             self.run_dir = Path(broadcast_object(created, context))
 
         self.train_model: nn.Module = self.model
@@ -267,6 +292,7 @@ class Trainer:
         self.state = load_training_state(
             checkpoint, self.model, self.optimizer, self.scheduler, self.scaler
         )
+        self.checkpoint_epoch = self.state.epoch
         log.info(
             "resumed %s after epoch %d (best mAP %.4f at epoch %s)",
             self.run_dir,
@@ -291,6 +317,24 @@ class Trainer:
     # -- the epochs ----------------------------------------------------------------------------
     def fit(self) -> Path:
         """Train the remaining epochs; return the run folder."""
+        try:
+            return self._fit()
+        except RunWriteError as error:  # a full disk: say what is kept and how to go on
+            raise RunWriteError(f"{error}. {self._resume_advice()}") from None
+
+    def _resume_advice(self) -> str:
+        folder = display_path(self.run_dir if self.fold is None else self.fold.run_dir.parents[1])
+        kept = (
+            f"its last complete checkpoint (epoch {self.checkpoint_epoch}) is kept"
+            if self.checkpoint_epoch
+            else "it has no complete epoch yet, so resuming restarts it from epoch 1"
+        )
+        return (
+            f"The run can be resumed: {kept}. Free some space, then continue it with "
+            f"`python main_train.py --resume {folder}`"
+        )
+
+    def _fit(self) -> Path:
         config, main = self.config, self.context.is_main
         self.early_log.stop()
         handler = epoch_log = None
@@ -335,6 +379,7 @@ class Trainer:
                         self.state,
                         config,
                     )
+                    self.checkpoint_epoch = epoch
                     epoch_log.epoch(record, improved)
                 barrier(self.context)
                 if config.stop_after is not None and done_this_session >= config.stop_after:
@@ -463,20 +508,22 @@ class Trainer:
             head=self.head_kind,
             view=config.view,
             whole_size=resolved_whole_size(config),
+            model_variant=self.model_variant,
         )
         name = PREDICTIONS_FILENAME if fold is None else HELD_OUT_PREDICTIONS_FILENAME
-        save_predictions(
-            self.run_dir / name,
-            Predictions(
-                scores=scores,
-                labels=self.data.val_split.labels,
-                files=tuple(self.data.val_split.relative_paths),
-                class_names=VOC_CLASSES,
-                provenance=provenance,
-            ),
+        predictions = Predictions(
+            scores=scores,
+            labels=self.data.val_split.labels,
+            files=tuple(self.data.val_split.relative_paths),
+            class_names=VOC_CLASSES,
+            provenance=provenance,
         )
+        with writing(self.run_dir / name, predictions_size(predictions)):
+            save_predictions(self.run_dir / name, predictions)
         if fold is None:  # a fold run's pointer names the whole run (training.crossval)
-            write_latest_pointer(config.runs_dir, self.run_dir)
+            pointer = resolve_project_path(config.runs_dir) / LATEST_POINTER
+            with writing(pointer, 4096):
+                write_latest_pointer(config.runs_dir, self.run_dir)
 
     def score_test_split(self) -> np.ndarray:
         """In a fold run, after `fit`: the val split scored by this fold's chosen model (it
@@ -497,6 +544,13 @@ class Trainer:
         return scores
 
 
+def predictions_size(predictions: Predictions) -> int:
+    """Bytes a predictions file takes at most (its arrays uncompressed, and the provenance)."""
+    names = sum(len(name) for name in predictions.files) * 4
+    provenance = len(json.dumps(predictions.provenance, default=str))
+    return predictions.scores.nbytes + np.asarray(predictions.labels).nbytes + names + provenance
+
+
 def run_single(
     config: TrainConfig, model_hook: ModelHook | None = None, model_variant: str = "plain"
 ) -> Path:
@@ -505,6 +559,7 @@ def run_single(
     try:
         return trainer.fit()
     except KeyboardInterrupt as error:
-        raise TrainingInterrupted(trainer.run_dir, trainer.state.epoch) from error
+        raise TrainingInterrupted(trainer.run_dir, trainer.checkpoint_epoch) from error
     finally:
+        trainer.close()
         shutdown_distributed(trainer.context)

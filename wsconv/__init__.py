@@ -6,7 +6,14 @@ statistics, mode "B" through the affine parameters. `python -m wsconv` checks th
 ImageNet images, then trains on VOC to show which mode survives training, and why.
 """
 
-from wsconv.convert import ConversionError, conv_bn_pairs, convert, set_module_by_name
+from wsconv.convert import (
+    ConversionError,
+    conv_bn_pairs,
+    convert,
+    model_hooks,
+    set_module_by_name,
+    variant_name,
+)
 from wsconv.layers import WS_EPS, WSConv2d, channel_stds
 
 __all__ = [
@@ -16,5 +23,7 @@ __all__ = [
     "channel_stds",
     "conv_bn_pairs",
     "convert",
+    "model_hooks",
     "set_module_by_name",
+    "variant_name",
 ]

@@ -18,7 +18,12 @@ from datetime import datetime
 import torch
 
 from evaluation.tables import markdown_table
-from training.backbones import BACKBONES, WeightsUnavailableError, create_imagenet_network
+from training.backbones import (
+    BACKBONES,
+    WeightsRefusedError,
+    WeightsUnavailableError,
+    create_imagenet_network,
+)
 from training.config import build_parser as trainer_parser
 from training.config import config_from_argv
 from training.config_checks import FIELD_CHECKS, ConfigError
@@ -110,6 +115,8 @@ def _training_arch(arch: str, weights: str) -> str:
     try:
         create_imagenet_network("resnet18", weights)
         return "resnet18"
+    except WeightsRefusedError:  # a file that is there but not trusted is an error, not a skip
+        raise
     except WeightsUnavailableError as error:
         log.warning("training check uses efficientnet_lite0: %s", error)
         return "efficientnet_lite0"
@@ -164,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, trainer_args: list[str]) -> int:
     out = resolve_project_path(args.out or f"runs/wsconv/{datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
     device_name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if device_name == "auto" else device_name)
     summary: dict = {"ws_eps": WS_EPS, "variance": "biased (unbiased=False)"}

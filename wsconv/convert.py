@@ -16,6 +16,8 @@ the converter follows the real data flow rather than guessing from module names.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -157,3 +159,15 @@ def convert(
         fold_into_batchnorm(target.get_submodule(batchnorm_name), weight_stds, mode)
         set_module_by_name(target, conv_name, WSConv2d.from_conv(conv, eps))
     return target
+
+
+def variant_name(mode: str) -> str:
+    """The `model_variant` a network converted with `mode` is trained and saved as."""
+    return f"wsconv-{mode}"
+
+
+def model_hooks() -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """How to rebuild each converted variant before its saved weights are loaded (a plain
+    network converted in place): the hooks `training.checkpoint.load_model` takes, given to
+    it by the programs above training/ that may load wsconv models."""
+    return {variant_name(mode): partial(convert, mode=mode, inplace=True) for mode in MODES}

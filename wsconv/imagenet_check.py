@@ -16,7 +16,12 @@ import torch
 from PIL import Image
 
 from evaluation.tables import markdown_table
-from training.backbones import WeightsUnavailableError, create_imagenet_network, get_backbone
+from training.backbones import (
+    WeightsRefusedError,
+    WeightsUnavailableError,
+    create_imagenet_network,
+    get_backbone,
+)
 from training.model import MultiLabelClassifier
 from vocdata.transforms import eval_transform
 from wsconv.convert import MODES, convert
@@ -132,6 +137,8 @@ def prediction_check(
         try:
             for dtype in dtypes:
                 rows += check_backbone(arch, weights, images, labels, device, dtype)
+        except WeightsRefusedError:  # there but untrusted (a bad hash, pickled code): an error
+            raise
         except WeightsUnavailableError as error:
             log.warning("prediction check of %s skipped: %s", arch, error)
             skipped[arch] = str(error)

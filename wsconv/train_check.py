@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import partial
 from pathlib import Path
 
 from training import TrainConfig, run
-from wsconv.convert import convert
+from wsconv.convert import model_hooks, variant_name
 
 VARIANTS = ("baseline", "A", "B")
 MIN_EPOCHS = 3
@@ -23,11 +22,8 @@ def train_variant(base: TrainConfig, variant: str, runs_dir: Path) -> Path:
     config = dataclasses.replace(base, runs_dir=str(runs_dir), run_name=variant, resume=None)
     if variant == "baseline":
         return run(config)
-    return run(
-        config,
-        model_hook=partial(convert, mode=variant, inplace=True),
-        model_variant=f"wsconv-{variant}",
-    )
+    name = variant_name(variant)
+    return run(config, model_hook=model_hooks()[name], model_variant=name)
 
 
 def map_per_epoch(run_dir: Path) -> list[float | None]:
