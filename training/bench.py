@@ -639,8 +639,10 @@ def measure_decoding(voc_root: Path, image_size: int, count: int) -> None:
 def measure_pipeline(
     voc_root: Path, image_size: int, batches: int, batch_size: int, cache_dir: str | None
 ) -> None:
-    """Images/s of a prediction pass over real val images with flip TTA (decode in the loader
-    + the auto engine on Lite0) for loader workers x engine threads: who gets the 2 cores."""
+    """Images/s of a prediction pass over real val images with flip TTA (decoding in the
+    loader's workers, Lite0 forward) for loader workers x engine threads of the `auto`
+    engine (who gets the 2 cores), then PyTorch eager NCHW (today) and channels-last."""
+    import copy
     import tempfile
 
     from training.engine import build_engine
@@ -654,31 +656,35 @@ def measure_pipeline(
     )
     subset = torch.utils.data.Subset(dataset, range(batch_size * (batches + 1)))
     example = torch.stack([dataset[i][0] for i in range(2)])
+    cpu, torch_threads = torch.device("cpu"), torch.get_num_threads()
     print(f"{'workers':>8}{'threads':>8}{'images/s':>10}  (flip TTA: 2 forwards per image)")
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
-        for threads in (1, 2):
+        setups = [(workers, threads, "auto", None) for threads in (1, 2) for workers in (0, 1, 2)]
+        setups += [(2, torch_threads, "torch", False), (2, torch_threads, "torch", True)]
+        for workers, threads, name, channels_last in setups:
             engine = build_engine(
-                model,
-                "auto",
+                copy.deepcopy(model),
+                name,
                 example=example,
                 cache_dir=Path(cache_dir or scratch),
                 key="bench-lite0-imagenet",
-                device=torch.device("cpu"),
+                device=cpu,
                 threads=threads,
+                channels_last=channels_last,
             )
-            for workers in (0, 1, 2):
-                loader = DataLoader(subset, batch_size=batch_size, num_workers=workers)
-                iterator = iter(loader)
-                seen, started = 0, None
-                for images, *_ in iterator:
-                    engine(images)
-                    engine(torch.flip(images, dims=(-1,)))
-                    if started is None:  # the first batch pays for the workers' start
-                        started = time.perf_counter()
-                        continue
-                    seen += len(images)
-                rate = seen / (time.perf_counter() - started)
-                print(f"{workers:>8}{threads:>8}{rate:>10.1f}  {engine.name}", flush=True)
+            seen, started = 0, None
+            for images, *_ in DataLoader(subset, batch_size=batch_size, num_workers=workers):
+                engine(images)
+                engine(torch.flip(images, dims=(-1,)))
+                if started is None:  # the first batch pays for the workers' start
+                    started = time.perf_counter()
+                    continue
+                seen += len(images)
+            rate = seen / (time.perf_counter() - started)
+            shown = engine.name + (
+                "" if channels_last is None else (", channels-last" if channels_last else ", NCHW")
+            )
+            print(f"{workers:>8}{threads:>8}{rate:>10.1f}  {shown}", flush=True)
 
 
 def engine_bench_main(args: argparse.Namespace) -> int:

@@ -183,7 +183,8 @@ class OpenVinoEngine(ForwardEngine):
                 f"openvino kept inference precision {self.precision} although f32 was asked for"
             )
         self.request = self.compiled.create_infer_request()
-        self.version, self.threads, self.single = openvino.get_version(), threads, single_output
+        self.version = openvino.__version__.split("-")[0]  # "2026.4.1-22982-<commit>-releases/..."
+        self.threads, self.single = threads, single_output
 
     def __call__(self, images: torch.Tensor) -> Output:
         pixels = images.cpu().contiguous().numpy()
