@@ -98,6 +98,7 @@ def test_the_exported_file_reproduces_the_runs_val_predictions(
     ]
     assert provenance["ensemble_rule"] == (None if models == 1 else "mean-probability")
     assert provenance["models"][0]["provenance"]["arch"] == arch
+    assert provenance["models"][0]["provenance"]["freeze_backbone"] is (run == "lite0")
     assert "Resize" in meta["preprocessing"] and f"{side} px" in meta["preprocessing"]
 
 
