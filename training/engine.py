@@ -85,6 +85,11 @@ class ForwardEngine:
         """One line for the log and the provenance: engine, versions, precision, threads."""
         raise NotImplementedError
 
+    def eval(self) -> ForwardEngine:
+        """Already in eval mode: lets an engine stand where `training.loop.predict` and
+        `tta_logits` take a module."""
+        return self
+
 
 def _as_output(arrays: Sequence[np.ndarray], single: bool) -> Output:
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays)
