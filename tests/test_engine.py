@@ -311,3 +311,29 @@ def test_the_weights_digest_follows_every_weight_and_nothing_else():
     assert weights_digest(model) != weights_digest(same)
     channels_last = _model(seed=0).to(memory_format=torch.channels_last)
     assert weights_digest(channels_last) == weights_digest(model)  # layout is not weights
+
+
+def test_an_engine_stands_in_for_the_model_in_the_prediction_pass(tmp_path):
+    from training.loop import Runtime, predict
+
+    model = _model("efficientnet_lite0")
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (
+            _images(size, 3, 48, 56, seed=size),
+            (torch.rand(size, 20, generator=generator) > 0.8).float(),
+            torch.ones(size, 20),
+            torch.arange(start, start + size),
+        )
+        for start, size in ((0, 4), (4, 3))
+    ]
+    runtime = Runtime(CPU)
+    expected = predict(model, batches, runtime, progress=False, tta="hflip")
+    built = build_engine(
+        model, "auto", example=batches[0][0], cache_dir=tmp_path, key="k", device=CPU
+    )
+    assert built.name in engines.AUTO_ORDER  # not torch
+    got = predict(built, batches, runtime, progress=False, tta="hflip")
+    assert (got.indices == expected.indices).all()
+    assert abs(got.logits - expected.logits).max() <= 1e-4
+    assert abs(got.loss_sum - expected.loss_sum) <= 1e-4 * expected.mask_sum

@@ -92,8 +92,13 @@ def test_the_exported_file_reproduces_the_runs_val_predictions(
     assert tuple(json.loads(meta["class_names"])) == expected.class_names
     provenance = json.loads(meta["provenance"])
     assert len(provenance["models"]) == models and provenance["tta"] == "hflip"
+    assert provenance["run"] == run and [m["path"] for m in provenance["models"]] == [
+        "model_best.pt" if models == 1 else f"folds/{fold}/model_best.pt"
+        for fold in range(1, models + 1)
+    ]
     assert provenance["ensemble_rule"] == (None if models == 1 else "mean-probability")
     assert provenance["models"][0]["provenance"]["arch"] == arch
+    assert provenance["models"][0]["provenance"]["freeze_backbone"] is (run == "lite0")
     assert "Resize" in meta["preprocessing"] and f"{side} px" in meta["preprocessing"]
 
 

@@ -34,12 +34,13 @@ from training.loop import tta_logits
 from training.scoring import (
     SavedModel,
     check_same_classes,
+    ensemble_home,
     load_saved_model,
     resolve_tta,
 )
 from vocdata.atomic import atomic_write
 from vocdata.images import open_rgb
-from vocdata.paths import project_relative, resolve_project_path
+from vocdata.paths import resolve_project_path
 from vocdata.splits import read_split
 from vocdata.transforms import eval_resize_size, eval_transform
 
@@ -117,11 +118,20 @@ def preprocessing_words(image_size: int) -> str:
     )
 
 
+def _inside(path: Path, folder: Path) -> str:
+    """`path` relative to the run `folder` (the file travels without the machine's paths)."""
+    try:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def _metadata(
     models: list[SavedModel], tta: str, rule: str | None, exported: dict[str, Any]
 ) -> dict[str, str]:
     image_size = models[0].image_size
     count = len(models)
+    home = ensemble_home([m.path for m in models])
     return {
         "class_names": json.dumps(list(models[0].class_names)),
         "input": (
@@ -153,9 +163,10 @@ def _metadata(
         "provenance": json.dumps(
             _finite(
                 {
+                    "run": home.name,
                     "models": [
                         {
-                            "path": project_relative(m.path),
+                            "path": _inside(m.path, home),
                             "arch": m.arch,
                             "image_size": m.image_size,
                             "provenance": m.provenance,
