@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
         "make an ensemble whose scores are averaged with --average",
     )
     add_runs_dir_option(parser)
+    parser.add_argument(
+        "--export-onnx",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN",
+        help="instead of scoring: write RUN (a run folder, its name or 'latest'; a k-fold run: "
+        "its fold models averaged) as one standalone ONNX file (uint8 images in, the classes' "
+        "sigmoid scores out, TTA and views inside, class names, preprocessing and provenance in "
+        "its metadata), checked against torch on real images first; --out names the file "
+        "(default <run>/model.onnx)",
+    )
     data = parser.add_argument_group("what to score (a VOC-layout split, or --images)")
     data.add_argument(
         "--voc-root",
@@ -285,12 +297,50 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
+def export(args: argparse.Namespace) -> Path:
+    """`--export-onnx RUN`: the run's model(s) as one checked ONNX file; returns it."""
+    from training.export import default_check_images, export_onnx
+    from training.scoring import ensemble_home, resolve_model_paths
+
+    paths = resolve_model_paths(args.export_onnx, args.runs_dir)
+    out = resolve_project_path(args.out) if args.out else ensemble_home(paths) / "model.onnx"
+    if out.exists() and not args.overwrite:
+        raise OutputError(
+            f"{project_relative(out)} exists already. Pass --overwrite to replace it, or --out "
+            f"with another file name."
+        )
+    check_output_folder(out)
+    result = export_onnx(paths, out, check_images=default_check_images(paths), tta=args.tta)
+    log.info(
+        "exported %d model(s) (TTA %s, views %s) in %.1f s, %.1f MB; checked against torch on "
+        "%d %s images: max |score difference| %.2g",
+        result.models,
+        result.tta,
+        "+".join(result.views),
+        result.seconds,
+        result.bytes / 1e6,
+        result.checked_images,
+        "real" if result.real_images else "generated",
+        result.max_score_difference,
+    )
+    return result.path
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from training.export import ExportError
     from training.scoring import ScoringError
     from vocdata.errors import VocDataError
 
+    if args.export_onnx is not None:
+        try:
+            out = export(args)
+        except (ExportError, ScoringError, RunNotFoundError, OutputError) as error:
+            log.error("%s", error)
+            return 2
+        print(f"onnx: {project_relative(out)}")
+        return 0
     try:
         out = run(args)
     except (

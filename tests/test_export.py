@@ -128,3 +128,57 @@ def test_refusals_leave_nothing_behind(tiny_runs, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match=r"differ from torch's by up to 0.001 .* not written"):
         export_onnx(resolve_model_paths("one", runs), out, check_images=None)
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def score_views_with_onnxruntime_only(onnx_file: Path, image_files: list[Path]) -> np.ndarray:
+    """The same for a model that looks at the centre crop and the whole image: one input per
+    view, each image on its own (whole images differ in shape), written out with PIL."""
+    import onnxruntime
+    from PIL import Image
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    crop, side = int(meta["image_size"]), int(meta["resize_shorter_side"])
+    (whole_name,) = [name for name in json.loads(meta["views"]) if name.startswith("whole")]
+    whole = int(meta[f"{whole_name}_size"])
+    rows = []
+    for image_file in image_files:
+        with Image.open(image_file) as opened:
+            image = opened.convert("RGB")
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        long_out = max(32, round(whole * long / short / 32) * 32)
+        size = (whole, long_out) if height <= width else (long_out, whole)  # (height, width)
+        whole_pixels = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR))
+        if width <= height:
+            resized = image.resize((side, int(side * height / width)), Image.BILINEAR)
+        else:
+            resized = image.resize((int(side * width / height), side), Image.BILINEAR)
+        top, left = round((resized.height - crop) / 2), round((resized.width - crop) / 2)
+        crop_pixels = np.asarray(resized.crop((left, top, left + crop, top + crop)))
+        feed = {
+            f"images_crop{crop}": crop_pixels.transpose(2, 0, 1)[None],
+            f"images_{whole_name}": whole_pixels.transpose(2, 0, 1)[None],
+        }
+        rows.append(session.run(["scores"], feed)[0][0])
+    return np.stack(rows)
+
+
+@pytest.mark.slow
+def test_a_model_with_views_and_the_spatial_maximum_exports_and_reproduces_its_run(tmp_path):
+    """Frozen Lite0 that sees the crop and the whole image, with the spatial maximum, exported
+    through `python -m predictions --export-onnx` and scored without this project."""
+    voc = write_tiny_voc(tmp_path / "VOCdevkit" / "VOC2012")
+    runs = tmp_path / "runs"
+    args = tiny_run_args(voc.root, runs, "--epochs", "2", "--run-name", "views")
+    args[args.index("--weights") + 1] = "imagenet"
+    args[args.index("--image-size") + 1] = "64"
+    args += ["--arch", "efficientnet_lite0", "--view", "crop+whole", "--spatial-max"]
+    assert main_train.main(args) == 0
+    out = tmp_path / "views.onnx"
+    from predictions.__main__ import main as predictions_main
+
+    assert predictions_main(["--export-onnx", str(runs / "views"), "--out", str(out)]) == 0
+    expected = load_predictions(runs / "views" / "val_predictions.npz")
+    scores = score_views_with_onnxruntime_only(out, [voc.root / f for f in expected.files])
+    np.testing.assert_allclose(scores, expected.scores, rtol=0, atol=1e-4)

@@ -230,30 +230,35 @@ def output_names(count: int) -> list[str]:
 
 def export_onnx_graph(
     module: nn.Module,
-    example: torch.Tensor,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
     path: Path,
     names: list[str],
-    input_name: str = INPUT_NAME,
+    input_name: str | list[str] = INPUT_NAME,
 ) -> None:
-    """Write `module` as ONNX to `path`, batch, height and width dynamic.
+    """Write `module` as ONNX to `path`, batch, height and width of every input dynamic
+    (several inputs: `example` and `input_name` give one each).
 
     The TorchScript-based exporter is used on purpose: torch.export's dynamic-shape reasoning
     over EfficientNet's "SAME" padding took minutes (and then failed under strict dims) where
     tracing takes half a second and keeps the padding computed from the input's shape, which
     the check at a second size confirms.
     """
-    dynamic = {input_name: {0: "batch", 2: "height", 3: "width"}}
+    examples = example if isinstance(example, tuple) else (example,)
+    inputs = input_name if isinstance(input_name, list) else [input_name]
+    dynamic = {
+        name: {0: "batch", 2: f"height_{k}", 3: f"width_{k}"} for k, name in enumerate(inputs)
+    }
     dynamic.update({name: {0: "batch"} for name in names})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
         with torch.no_grad():
             torch.onnx.export(
                 module,
-                (example,),
+                examples,
                 str(path),
                 dynamo=False,
                 opset_version=ONNX_OPSET,
-                input_names=[input_name],
+                input_names=inputs,
                 output_names=names,
                 dynamic_axes=dynamic,
                 do_constant_folding=True,

@@ -43,6 +43,7 @@ from vocdata.images import open_rgb
 from vocdata.paths import resolve_project_path
 from vocdata.splits import read_split
 from vocdata.transforms import eval_resize_size, eval_transform
+from vocdata.views import CELL, View
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ExportResult:
     tta: str
     ensemble_rule: str | None  # None for a single model
     image_size: int
+    views: tuple[str, ...]
     class_names: tuple[str, ...]
     checked_images: int
     real_images: bool  # False: no real image could be found, generated ones were used
@@ -74,16 +76,21 @@ class ExportResult:
 
 class ScoringGraph(nn.Module):
     """The scores a run's prediction pass computes, as one module: per model the (TTA)
-    logits and their sigmoid, then the ensemble's combination of the probabilities."""
+    logits, averaged over its views (one input per view), and their sigmoid, then the
+    ensemble's combination of the probabilities."""
 
     def __init__(self, networks: list[nn.Module], tta: str, rule: str) -> None:
         super().__init__()
         self.networks = nn.ModuleList(networks)
         self.tta, self.rule = tta, rule
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _logits(self, network: nn.Module, views: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        per_view = [tta_logits(network, images, self.tta) for images in views]
+        return per_view[0] if len(per_view) == 1 else torch.stack(per_view).mean(dim=0)
+
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
         probabilities = torch.stack(
-            [torch.sigmoid(tta_logits(network, images, self.tta)) for network in self.networks]
+            [torch.sigmoid(self._logits(network, views)) for network in self.networks]
         )
         if len(self.networks) == 1:
             return probabilities[0]
@@ -104,18 +111,33 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def preprocessing_words(image_size: int) -> str:
-    side = eval_resize_size(image_size)
+def preprocessing_words(view: View) -> str:
+    """How to make the input of `view` from an image file, in words a user can follow."""
+    if view.kind == "crop":
+        size, side = view.size, eval_resize_size(view.size)
+        return (
+            f"Decode the image to RGB. Resize it so that its shorter side is {side} px, the "
+            f"longer side floor({side} * longer / shorter), bilinear with antialiasing (PIL's "
+            f"Image.resize(..., Image.BILINEAR); torchvision v2.Resize({side}, antialias=True)). "
+            f"Centre-crop {size} x {size}: top = round((height - {size}) / 2), left = "
+            f"round((width - {size}) / 2) (Python's round, as torchvision's CenterCrop). Feed "
+            f"uint8 pixels 0-255, shape (N, 3, {size}, {size}), RGB, channels first, not "
+            f"normalised: the graph normalises."
+        )
+    size = view.size
     return (
-        f"Decode the image to RGB. Resize it so that its shorter side is {side} px, the longer "
-        f"side floor({side} * longer / shorter), bilinear with antialiasing (PIL's "
-        f"Image.resize(..., Image.BILINEAR); torchvision v2.Resize({side}, antialias=True)). "
-        f"Centre-crop {image_size} x {image_size}: top = round((height - {image_size}) / 2), "
-        f"left = round((width - {image_size}) / 2) (Python's round, as torchvision's "
-        f"CenterCrop). Feed uint8 pixels 0-255, shape (N, 3, {image_size}, {image_size}), "
-        f"RGB, channels first, not normalised: the graph normalises. Other sizes run too "
-        f"(batch, height and width are dynamic), but the models were validated at this one."
+        f"Decode the image to RGB, turned upright by its EXIF orientation. Resize the whole "
+        f"image (nothing cropped) to exactly: shorter side {size} px, longer side "
+        f"max({CELL}, round({size} * longer / shorter / {CELL}) * {CELL}) (Python's round), "
+        f"bilinear with antialiasing (PIL's Image.resize((width, height), Image.BILINEAR)). "
+        f"Feed uint8 pixels 0-255, shape (1, 3, height, width) (images of one shape may share "
+        f"a batch), RGB, channels first, not normalised: the graph normalises."
     )
+
+
+def input_names(views: tuple[View, ...]) -> list[str]:
+    """`images` for a model with one view; `images_<view>` per view (e.g. images_whole320)."""
+    return [INPUT_NAME] if len(views) == 1 else [f"{INPUT_NAME}_{v.name}" for v in views]
 
 
 def _inside(path: Path, folder: Path) -> str:
@@ -130,20 +152,35 @@ def _metadata(
     models: list[SavedModel], tta: str, rule: str | None, exported: dict[str, Any]
 ) -> dict[str, str]:
     image_size = models[0].image_size
+    views = models[0].views
     count = len(models)
     home = ensemble_home([m.path for m in models])
+    names = input_names(views)
     return {
         "class_names": json.dumps(list(models[0].class_names)),
-        "input": (
-            f"{INPUT_NAME}: uint8 (N, 3, H, W), RGB 0-255, not normalised (see preprocessing)"
+        "input": "; ".join(
+            f"{name}: uint8 (N, 3, H, W), RGB 0-255, not normalised, the {view.name} view (see "
+            f"preprocessing{'' if len(views) == 1 else '_' + view.name})"
+            for name, view in zip(names, views, strict=True)
         ),
+        "views": json.dumps([view.name for view in views]),
         "output": (
             f"{OUTPUT_NAME}: float32 (N, {len(models[0].class_names)}), one independent sigmoid "
             f"probability per class, in the order of class_names"
         ),
-        "preprocessing": preprocessing_words(image_size),
+        **(
+            {"preprocessing": preprocessing_words(views[0])}
+            if len(views) == 1
+            else {f"preprocessing_{view.name}": preprocessing_words(view) for view in views}
+        ),
+        "view_rule": "the mean of the logits over the views, then the sigmoid",
         "image_size": str(image_size),
-        "resize_shorter_side": str(eval_resize_size(image_size)),
+        **(
+            {"resize_shorter_side": str(eval_resize_size(image_size))}
+            if any(view.kind == "crop" for view in views)
+            else {}
+        ),
+        **{f"{view.name}_size": str(view.size) for view in views if view.kind == "whole"},
         "tta": tta,
         "tta_rule": (
             "mean of the logits of the image and of its horizontal mirror image, then sigmoid"
@@ -188,10 +225,12 @@ def _load_models(model_paths: list[Path]) -> list[SavedModel]:
     models = [load_saved_model(Path(path)) for path in model_paths]
     check_same_classes(models)
     sizes = sorted({m.image_size for m in models})
-    if len(sizes) > 1:
+    views = {m.views for m in models}
+    if len(sizes) > 1 or len(views) > 1:
         raise ExportError(
-            f"the models were trained at different image sizes ({', '.join(map(str, sizes))} "
-            f"px); one ONNX file takes one preprocessing: export them one by one"
+            f"the models were trained at different image sizes or views "
+            f"({', '.join(map(str, sizes))} px; {len(views)} view settings); one ONNX file "
+            f"takes one preprocessing: export them one by one"
         )
     return models
 
@@ -209,19 +248,29 @@ def default_check_images(model_paths: list[Path], count: int = CHECK_IMAGES) -> 
     return paths if paths and all(path.is_file() for path in paths) else None
 
 
-def _check_batches(check_images: list[Path] | None, image_size: int) -> list[torch.Tensor]:
-    """The check images as the prediction pass sees them (one batch), and the first one only
-    resized (another height and width); generated images when none are given."""
+def _check_batches(
+    check_images: list[Path] | None, views: tuple[View, ...]
+) -> list[tuple[torch.Tensor, ...]]:
+    """The check images as the prediction pass sees them (per view, one tensor each): for a
+    crop-only model one batch, and the first image only resized (another height and width);
+    with a whole view, one image at a time (their shapes differ). Generated images when
+    none are given."""
     if check_images:
-        transform = eval_transform(image_size)
-        resize, to_tensor = transform.transforms[0], transform.transforms[-1]
         pictures = [open_rgb(path) for path in check_images]
-        cropped = torch.stack([transform(picture) for picture in pictures])
-        resized = to_tensor(resize(pictures[0])).unsqueeze(0)
-        return [cropped, resized]
+        if all(view.kind == "crop" for view in views):
+            batch = tuple(torch.stack([v.transform()(p) for p in pictures]) for v in views)
+            transform = eval_transform(views[0].size)
+            resize, to_tensor = transform.transforms[0], transform.transforms[-1]
+            resized = to_tensor(resize(pictures[0])).unsqueeze(0)
+            return [batch, tuple(resized for _ in views)]
+        return [tuple(v.transform()(p).unsqueeze(0) for v in views) for p in pictures]
     generator = torch.Generator().manual_seed(0)
-    shapes = [(4, 3, image_size, image_size), (1, 3, image_size + 13, image_size + 30)]
-    return [torch.randint(0, 256, s, dtype=torch.uint8, generator=generator) for s in shapes]
+    size = views[0].size
+    shapes = [(4, 3, size, size), (1, 3, size + 13, size + 30)]
+    return [
+        tuple(torch.randint(0, 256, s, dtype=torch.uint8, generator=generator) for _ in views)
+        for s in shapes
+    ]
 
 
 def export_onnx(
@@ -248,21 +297,24 @@ def export_onnx(
     tta = resolve_tta(models, tta)
     ensemble_rule = rule if len(models) > 1 else None
     graph = ScoringGraph([m.network for m in models], tta, rule).eval()
-    batches = _check_batches(check_images, models[0].image_size)
+    views = models[0].views
+    names = input_names(views)
+    batches = _check_batches(check_images, views)
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
         path = Path(scratch) / "model.onnx"
-        export_onnx_graph(graph, batches[0], path, [OUTPUT_NAME], INPUT_NAME)
+        export_onnx_graph(graph, batches[0], path, [OUTPUT_NAME], names)
         proto = onnx.load(str(path))
     session = onnxruntime.InferenceSession(
         proto.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     difference = 0.0
     with torch.inference_mode():
-        for images in batches:
-            expected = graph(images).numpy()
-            (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        for inputs in batches:
+            expected = graph(*inputs).numpy()
+            feed = {name: images.numpy() for name, images in zip(names, inputs, strict=True)}
+            (got,) = session.run([OUTPUT_NAME], feed)
             difference = max(difference, float(np.abs(got - expected).max()))
-    checked = sum(len(images) for images in batches)
+    checked = sum(len(inputs[0]) for inputs in batches)
     log.info(
         "ONNX export checked on %d %s images: max |score - torch| %.2g",
         checked,
@@ -300,6 +352,7 @@ def export_onnx(
         tta=tta,
         ensemble_rule=ensemble_rule,
         image_size=models[0].image_size,
+        views=tuple(view.name for view in views),
         class_names=models[0].class_names,
         checked_images=checked,
         real_images=bool(check_images),
