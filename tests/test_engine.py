@@ -4,6 +4,7 @@ fallbacks that say what happened in one line."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 from training import engine as engines
 from training.engine import EngineError, build_engine, weights_digest
 from training.model import HeadInputs, MultiLabelClassifier, build_classifier
+from vocdata.paths import PROJECT_ROOT
 
 CPU = torch.device("cpu")
 
@@ -337,3 +339,46 @@ def test_an_engine_stands_in_for_the_model_in_the_prediction_pass(tmp_path):
     assert (got.indices == expected.indices).all()
     assert abs(got.logits - expected.logits).max() <= 1e-4
     assert abs(got.loss_sum - expected.loss_sum) <= 1e-4 * expected.mask_sum
+
+
+SIGNAL_AFTER_DROP = """
+import gc, os, signal, sys, threading, time
+import torch
+from training.engine import build_engine
+from training.model import HeadInputs, build_classifier
+
+signal.signal(signal.SIGCHLD, lambda *args: None)  # a Python handler, as the DataLoader sets
+model = build_classifier("resnet18", 20, weights="none").eval()
+example = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+engines = [
+    build_engine(
+        HeadInputs(model), "openvino", example=example, cache_dir=None, key="k",
+        device=torch.device("cpu"),
+    )
+]
+engines[0](example)
+dropper = threading.Thread(target=lambda: (engines.clear(), gc.collect()))
+dropper.start()
+dropper.join()
+for _ in range(3):  # a loader worker ends: SIGCHLD reaches the main thread
+    if os.fork() == 0:
+        os._exit(0)
+    time.sleep(0.2)
+print("survived")
+"""
+
+
+def test_an_openvino_engine_dropped_on_another_thread_leaves_signals_safe():
+    """OpenVINO gives the thread that infers an alternate signal stack and frees it when the
+    model is dropped; dropped on another thread, the first thread's next signal used to crash
+    the process (a segmentation fault at the next DataLoader worker's exit)."""
+    pytest.importorskip("openvino")
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AFTER_DROP],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "survived" in result.stdout

@@ -21,13 +21,17 @@ does not take the cores the DataLoader's decoding workers need.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,15 +166,67 @@ class OnnxRuntimeEngine(ForwardEngine):
         )
 
 
+class _OpenVinoThread:
+    """The one thread every OpenVINO object is made, run and dropped on.
+
+    OpenVINO's CPU plugin gives a thread that runs an inference an alternate signal stack,
+    and frees that stack when the compiled model goes, restoring the alternate stack of
+    whichever thread drops it. Dropped on another thread (Python's garbage collector runs in
+    any thread), the first thread is left pointing at freed memory, and the next signal it
+    takes (a data-loader worker's SIGCHLD reaches the main thread) kills the process with a
+    segmentation fault (measured). So OpenVINO runs on this thread alone, which blocks every
+    signal: no signal is ever delivered on its stacks, and the main thread's are never
+    touched.
+    """
+
+    _executor: ThreadPoolExecutor | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def executor(cls) -> ThreadPoolExecutor:
+        with cls._lock:
+            if cls._executor is None:
+                cls._executor = ThreadPoolExecutor(
+                    max_workers=1,
+                    thread_name_prefix="openvino",
+                    initializer=signal.pthread_sigmask,
+                    initargs=(signal.SIG_BLOCK, signal.valid_signals()),
+                )
+            return cls._executor
+
+    @classmethod
+    def run(cls, function: Callable[..., Any], *args: Any) -> Any:
+        return cls.executor().submit(function, *args).result()
+
+    @classmethod
+    def drop(cls, holder: dict[str, Any]) -> None:
+        """Release `holder`'s OpenVINO objects on the OpenVINO thread (without waiting)."""
+        with contextlib.suppress(RuntimeError):  # at interpreter exit the thread is gone
+            cls.executor().submit(holder.clear)
+
+
 class OpenVinoEngine(ForwardEngine):
     """OpenVINO on the CPU with INFERENCE_PRECISION_HINT pinned to f32 (read back after
-    compiling: its default on a CPU with bf16 units is bf16), latency mode, `threads` threads."""
+    compiling: its default on a CPU with bf16 units is bf16), latency mode, `threads` threads.
+    Every OpenVINO call runs on `_OpenVinoThread` (see there why)."""
 
     name = "openvino"
 
     def __init__(
         self, onnx_path: Path, threads: int, single_output: bool, precision: str | None = "f32"
     ) -> None:
+        import openvino
+
+        self._objects: dict[str, Any] = {}  # touched on the OpenVINO thread only
+        self.version = openvino.__version__.split("-")[0]  # "2026.4.1-22982-<commit>-releases/..."
+        self.threads, self.single = threads, single_output
+        self.precision = _OpenVinoThread.run(self._compile, onnx_path, threads, precision)
+        if precision is not None and self.precision != precision:
+            raise EngineMismatchError(
+                f"openvino kept inference precision {self.precision} although f32 was asked for"
+            )
+
+    def _compile(self, onnx_path: Path, threads: int, precision: str | None) -> str:
         import openvino
 
         core = openvino.Core()
@@ -180,21 +236,22 @@ class OpenVinoEngine(ForwardEngine):
         }
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
-        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if precision is not None and self.precision != precision:
-            raise EngineMismatchError(
-                f"openvino kept inference precision {self.precision} although f32 was asked for"
-            )
-        self.request = self.compiled.create_infer_request()
-        self.version = openvino.__version__.split("-")[0]  # "2026.4.1-22982-<commit>-releases/..."
-        self.threads, self.single = threads, single_output
+        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self._objects.update(compiled=compiled, request=compiled.create_infer_request())
+        return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def _infer(self, pixels: np.ndarray) -> list[np.ndarray]:
+        compiled, request = self._objects["compiled"], self._objects["request"]
+        # share_outputs=False: the request reuses its output buffers on the next call.
+        result = request.infer({0: pixels}, share_outputs=False)
+        return [result[output] for output in compiled.outputs]
 
     def __call__(self, images: torch.Tensor) -> Output:
         pixels = images.cpu().contiguous().numpy()
-        # share_outputs=False: the request reuses its output buffers on the next call.
-        result = self.request.infer({0: pixels}, share_outputs=False)
-        return _as_output([result[output] for output in self.compiled.outputs], self.single)
+        return _as_output(_OpenVinoThread.run(self._infer, pixels), self.single)
+
+    def __del__(self) -> None:
+        _OpenVinoThread.drop(self._objects)
 
     def describe(self) -> str:
         return (
