@@ -39,7 +39,8 @@ from vocdata.options import (
 from vocdata.paths import project_relative
 from vocdata.splits import DifficultMode
 
-PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
+LABEL_FIX_MODES = ("ignore", "flip")  # training/labelfixes.py says what each does
+PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume", "label_fixes")  # project-relative
 # A resumed run's checkpoint only fits the network and optimizer it was written by.
 FIXED_ON_RESUME = ("arch", "optimizer", "head", "freeze_backbone", "lp_ft")
 
@@ -64,6 +65,10 @@ class TrainConfig:
     skip_bad_images: bool = False
     difficult: str = DifficultMode.IGNORE.value
     image_size: int = 224
+    # train labels a person marked wrong (training/labelfixes.py): the browser's marks file or
+    # an exported CSV; ignore (leave the pair out of loss and held-out AP) or flip it
+    label_fixes: str | None = None
+    label_fix_mode: str = "ignore"
     # model
     arch: str = "resnet18"
     weights: str = "imagenet"
@@ -121,6 +126,10 @@ class TrainConfig:
             found.append(
                 "--freeze-backbone and --lp-ft train the head on cached features in one "
                 "process: run them without torchrun, or fine-tune (--no-freeze-backbone)"
+            )
+        if self.label_fix_mode not in LABEL_FIX_MODES:
+            found.append(
+                f"--label-fix-mode {self.label_fix_mode!r}: choose {' or '.join(LABEL_FIX_MODES)}"
             )
         if self.freeze_backbone and self.lp_ft:
             found.append(
@@ -200,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.image_size,
         help="side of the square training and validation crops, in pixels",
+    )
+
+    data.add_argument(
+        "--label-fixes",
+        default=d.label_fixes,
+        metavar="FILE",
+        help="train labels a person marked 'label looks wrong' in the browser: its marks file "
+        "(e.g. <run>/train_oof_predictions.marks.json), an exported CSV (edited or not) or a "
+        "run's label_fixes.json. Train split only ('model wrong' marks are ignored); a file "
+        "naming val images is refused. Recorded in the run folder (label_fixes.json, used by "
+        "--resume), its provenance and report",
+    )
+    data.add_argument(
+        "--label-fix-mode",
+        choices=LABEL_FIX_MODES,
+        default=d.label_fix_mode,
+        help="'ignore': each fixed (image, class) pair leaves the loss and the held-out AP, "
+        "like a difficult label under the VOC protocol, in every --difficult mode (safe: a "
+        "wrong mark costs one label, never teaches a wrong one); 'flip': present <-> absent "
+        "(a difficult label has no opposite and is ignored)",
     )
 
     model = parser.add_argument_group("model")
