@@ -39,7 +39,6 @@ from vocdata.options import (
 from vocdata.paths import project_relative
 from vocdata.splits import DifficultMode
 
-LABEL_FIX_MODES = ("ignore", "flip")  # training/labelfixes.py says what each does
 PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume", "label_fixes")  # project-relative
 # A resumed run's checkpoint only fits the network and optimizer it was written by.
 FIXED_ON_RESUME = ("arch", "optimizer", "head", "freeze_backbone", "lp_ft")
@@ -126,10 +125,6 @@ class TrainConfig:
             found.append(
                 "--freeze-backbone and --lp-ft train the head on cached features in one "
                 "process: run them without torchrun, or fine-tune (--no-freeze-backbone)"
-            )
-        if self.label_fix_mode not in LABEL_FIX_MODES:
-            found.append(
-                f"--label-fix-mode {self.label_fix_mode!r}: choose {' or '.join(LABEL_FIX_MODES)}"
             )
         if self.freeze_backbone and self.lp_ft:
             found.append(
@@ -223,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--label-fix-mode",
-        choices=LABEL_FIX_MODES,
+        choices=CHOICES["label_fix_mode"],
         default=d.label_fix_mode,
         help="'ignore': each fixed (image, class) pair leaves the loss and the held-out AP, "
         "like a difficult label under the VOC protocol, in every --difficult mode (safe: a "

@@ -34,6 +34,7 @@ CHOICES = {
     "amp": AMP_MODES,
     "head": ("auto", *HEAD_KINDS),
     "tta": TTA_MODES,
+    "label_fix_mode": ("ignore", "flip"),  # training/labelfixes.py says what each does
 }
 
 FieldCheck = Callable[[Any], "str | None"]
@@ -240,4 +241,17 @@ def _run_name(value: Any) -> str | None:
 def _resume(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         return "must be a run folder, its name or 'latest'"
+    return None
+
+
+@field_check("label_fixes")
+def _label_fixes(value: Any) -> str | None:
+    # Whether the file exists is checked when a new run reads it: a resumed run uses the copy
+    # in its run folder and may outlive the file.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        return "must be a marks file, an exported CSV or a run's label_fixes.json"
+    if resolve_project_path(value).is_dir():
+        return "is a folder: give the marks file in it (e.g. train_oof_predictions.marks.json)"
     return None

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from predictions.runs import LABEL_FIXES_FILENAME, TRAIN_OOF_PREDICTIONS_FILENAME
-from training.config import LABEL_FIX_MODES
+from training.config_checks import CHOICES
 from vocdata.atomic import atomic_write
 from vocdata.classes import VOC_CLASSES
 from vocdata.errors import VocDataError
@@ -49,6 +49,8 @@ from vocdata.paths import display_path, project_relative, resolve_project_path
 from vocdata.splits import DIFFICULT, NEGATIVE, POSITIVE, VocSplit, targets_and_mask
 
 log = logging.getLogger(__name__)
+
+LABEL_FIX_MODES = CHOICES["label_fix_mode"]
 
 FIXES_FORMAT = "voc-label-fixes/1"  # the run folder's copy
 # The browser's marks file and CSV (gui/review.py: MARKS_FORMAT, MARK_WORDS, CSV_COLUMNS,
