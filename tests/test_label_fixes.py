@@ -245,7 +245,6 @@ def _train(tiny_voc: TinyVoc, runs: Path, *extra: str) -> int:
     return main_train.main(tiny_run_args(tiny_voc.root, runs, "--epochs", "2", *extra))
 
 
-@pytest.mark.slow
 def test_a_run_records_its_fixes_and_is_reproducible_from_its_copy(tiny_voc, tmp_path):
     marks, picked = _pick_marks(tiny_voc)
     marks_path = _write_marks(tmp_path / "marks.json", marks)
@@ -367,3 +366,25 @@ def test_bad_fixes_files_exit_2_with_one_line_and_no_run_folder(tiny_voc, tmp_pa
     assert "val image" in lines[0] and val_image in lines[0]
     assert "measured against" in lines[0]
     assert not (runs.exists() and any(runs.iterdir()))
+
+
+def test_the_run_copy_is_read_back_checked_against_the_labels_it_was_made_on(tmp_path):
+    split = _split()
+    marks = {"dog": {_file("a1"): "label"}, "cat": {_file("a2"): "label"}}
+    parsed = read_marks_file(_write_marks(tmp_path / "marks.json", marks))
+    fixes = resolve_fixes(parsed, "flip", split, ())
+    labelfixes.write_run_copy(tmp_path, fixes)
+    copy = tmp_path / "label_fixes.json"
+    again = labelfixes.read_run_copy(copy, split, ())
+    assert again.fixes == fixes.fixes and again.summary() == fixes.summary()
+    fixed = again.apply(split)
+    assert fixed.labels[0, 11] == -1 and fixed.labels[1, 7] == 0  # flipped; difficult left out
+
+    relabelled = VocSplit(split.name, split.image_ids, split.labels.copy())
+    relabelled.labels[0, 11] = -1  # the dataset's dog label of a1 changed since
+    with pytest.raises(LabelFixesError, match=r"recorded against dog label 1 .* now says -1"):
+        labelfixes.read_run_copy(copy, relabelled, ())
+    for damaged in ("{not json", json.dumps({"format": "voc-label-fixes/9", "fixes": []})):
+        copy.write_text(damaged)
+        with pytest.raises(LabelFixesError, match=r"label_fixes\.json"):
+            labelfixes.read_run_copy(copy, split, ())
