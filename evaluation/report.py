@@ -123,6 +123,7 @@ def check_provenance(path: Path, provenance: dict[str, Any]) -> None:
         raise refuse("difficult", "ignore, positive or negative")
     if not isinstance(provenance.get("train_positives", {}), dict):
         raise refuse("train_positives", "a JSON object")
+    _check_label_fixes(path, provenance)
     folds = provenance.get("folds")
     if folds is None:
         return
@@ -142,6 +143,46 @@ def check_provenance(path: Path, provenance: dict[str, Any]) -> None:
         not isinstance(alone, list) or len(alone) != folds or not all(map(_is_number, alone))
     ):
         raise refuse("fold_val_map_alone", f"a list of {folds} numbers")
+
+
+LABEL_FIX_EFFECTS = {
+    "ignore": "each left out of the loss and the held-out AP",
+    "flip": "each flipped present <-> absent, difficult ones left out",
+}
+
+
+def _check_label_fixes(path: Path, provenance: dict[str, Any]) -> None:
+    fixes = provenance.get("label_fixes")
+    if fixes is None:
+        return
+    per_class = fixes.get("per_class") if isinstance(fixes, dict) else None
+    valid = (
+        isinstance(fixes, dict)
+        and type(fixes.get("count")) is int
+        and fixes.get("mode") in LABEL_FIX_EFFECTS
+        and isinstance(fixes.get("source"), str)
+        and isinstance(fixes.get("sha256"), str)
+        and isinstance(per_class, dict)
+        and all(type(n) is int for n in per_class.values())
+    )
+    if not valid:
+        raise ReportInputError(
+            f"{path}: its provenance's label_fixes is not an object with count, per_class, "
+            f"mode, source and sha256: restore the file or train again"
+        )
+
+
+def label_fixes_line(provenance: dict[str, Any]) -> str | None:
+    """The report's one line on a run trained with --label-fixes (None: it was not)."""
+    fixes = provenance.get("label_fixes")
+    if not fixes:
+        return None
+    per_class = ", ".join(f"{name[:20]}: {n}" for name, n in fixes["per_class"].items())
+    return (
+        f"trained with {fixes['count']} label fixes ({per_class or 'none'}) from "
+        f"{fixes['source'][:120]!s} sha256 {fixes['sha256'][:16]}, mode {fixes['mode']} "
+        f"({LABEL_FIX_EFFECTS[fixes['mode']]}); train split only, val labels as read"
+    )
 
 
 def _check_fold_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -465,6 +506,7 @@ def _text_blocks(
         for name, p, d in zip(preds.class_names, positives, difficult_counts, strict=True)
     )
     train_count = prov.get("train_images", "see train.log")
+    fixes_line = label_fixes_line(prov)
     head = prov.get("head", "see the checkpoint")
     hyper = "\n".join(f"{key:<16} {value}" for key, value in sorted(config.items())) or (
         "(config.json not found)"
@@ -488,8 +530,9 @@ def _text_blocks(
             f"Pascal VOC 2012, official split: {train_count} train images, "
             f"{preds.num_images} val images (one sample per image).\n"
             f"{image_root.note}; difficult mode '{difficult}'\n"
-            f"per class: train / val images that contain it, and val images where it is only "
-            f"difficult\n"
+            + (f"{fixes_line}\n" if fixes_line else "")
+            + "per class: train / val images that contain it, and val images where it is only "
+            "difficult\n"
             f"{counts}",
         ),
         (

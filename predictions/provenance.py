@@ -97,6 +97,13 @@ KEYS: dict[str, Key] = {
     "ensemble_val_map": _key(_OPT_NUMBER, "val mAP of the fold models' ensemble"),
     "ensemble_val_map_classes": _key(_OPT_INT, "classes the ensemble's val mAP covers"),
     "out_of_fold": _key(bool, "each row scored by the fold model that never saw it", False),
+    # -- --label-fixes ------------------------------------------------------------------------
+    "label_fixes": _key(
+        (dict, NoneType),
+        "train labels changed by --label-fixes: count, per_class, mode (ignore|flip), flipped, "
+        "ignored, source (project-relative file), sha256 (of its bytes), copy (the parsed "
+        "fixes in the run folder), model_marks_ignored; absent: trained on the labels as read",
+    ),
     # -- python -m predictions ----------------------------------------------------------------
     "scored_by": _key(_OPT_STR, "the program that scored the images"),
     "ensemble_rule": _key(_OPT_STR, "how several models' scores were combined"),

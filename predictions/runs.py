@@ -38,6 +38,7 @@ CROSSVAL_FILENAME = "crossval.json"
 FOLD_SUMMARY_FILENAME = "fold.json"
 HELD_OUT_PREDICTIONS_FILENAME = "heldout_predictions.npz"  # a fold model's held-out fold
 TRAIN_OOF_PREDICTIONS_FILENAME = "train_oof_predictions.npz"  # every train image, out of fold
+LABEL_FIXES_FILENAME = "label_fixes.json"  # --label-fixes, parsed: what --resume uses
 RESERVED_NAMES = (LATEST_POINTER, LAST_STARTED_POINTER)
 
 

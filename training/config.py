@@ -43,7 +43,7 @@ from vocdata.options import (
 from vocdata.paths import project_relative, resolve_project_path
 from vocdata.splits import DifficultMode
 
-PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
+PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume", "label_fixes")  # project-relative
 # A resumed run's checkpoint holds the state of one recipe: the network, its head, the
 # optimizer with its learning rates and schedule (restored from the checkpoint, so a new
 # value could not take effect), the batches' size and order, the images' size and labels,
@@ -69,6 +69,8 @@ FIXED_ON_RESUME = (
     "view",
     "whole_size",
     "spatial_max",
+    "label_fixes",
+    "label_fix_mode",
 )
 # These may change on resume and take effect: where the data and outputs are, the machine,
 # the bookkeeping, and --epochs (the cosine schedule is laid out again over the new total:
@@ -113,6 +115,10 @@ class TrainConfig:
     skip_bad_images: bool = False
     difficult: str = DifficultMode.IGNORE.value
     image_size: int = 224
+    # train labels a person marked wrong (training/labelfixes.py): the browser's marks file or
+    # an exported CSV; ignore (leave the pair out of loss and held-out AP) or flip it
+    label_fixes: str | None = None
+    label_fix_mode: str = "ignore"
     # model
     arch: str = "resnet18"
     weights: str = "imagenet"
@@ -268,6 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.image_size,
         help="side of the square training and validation crops, in pixels",
+    )
+
+    data.add_argument(
+        "--label-fixes",
+        default=d.label_fixes,
+        metavar="FILE",
+        help="train labels a person marked 'label looks wrong' in the browser: its marks file "
+        "(e.g. <run>/train_oof_predictions.marks.json), an exported CSV (edited or not) or a "
+        "run's label_fixes.json. Train split only ('model wrong' marks are ignored); a file "
+        "naming val images is refused. Recorded in the run folder (label_fixes.json, used by "
+        "--resume), its provenance and report",
+    )
+    data.add_argument(
+        "--label-fix-mode",
+        choices=CHOICES["label_fix_mode"],
+        default=d.label_fix_mode,
+        help="'ignore': each fixed (image, class) pair leaves the loss and the held-out AP, "
+        "like a difficult label under the VOC protocol, in every --difficult mode (safe: a "
+        "wrong mark costs one label, never teaches a wrong one); 'flip': present <-> absent "
+        "(a difficult label has no opposite and is ignored)",
     )
 
     model = parser.add_argument_group("model")

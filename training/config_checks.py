@@ -37,6 +37,7 @@ CHOICES = {
     "head": ("auto", *HEAD_KINDS),
     "tta": TTA_MODES,
     "engine": ENGINE_CHOICES,
+    "label_fix_mode": ("ignore", "flip"),  # training/labelfixes.py says what each does
 }
 
 FieldCheck = Callable[[Any], "str | None"]
@@ -260,4 +261,17 @@ def _view(value: Any) -> str | None:
 def _whole_size(value: Any) -> str | None:
     if value is not None and (not _is_int(value) or value < CELL):
         return f"must be a whole number >= {CELL} pixels, or left out (--image-size x 10/7)"
+    return None
+
+
+@field_check("label_fixes")
+def _label_fixes(value: Any) -> str | None:
+    # Whether the file exists is checked when a new run reads it: a resumed run uses the copy
+    # in its run folder and may outlive the file.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        return "must be a marks file, an exported CSV or a run's label_fixes.json"
+    if resolve_project_path(value).is_dir():
+        return "is a folder: give the marks file in it (e.g. train_oof_predictions.marks.json)"
     return None

@@ -12,6 +12,8 @@ Run folder:
     config.json  folds.json (which image each fold holds out)  train.log
     history.json       every fold's epochs, each record with "fold"
     val_predictions.npz  the ensemble's scores of the val split (provenance: see below)
+    train_oof_predictions.npz  every train image scored by the fold model that held it out
+    label_fixes.json   with --label-fixes: the fixes the folds' train labels carry
     crossval.json      the summary: per fold chosen epoch and held-out mAP, mean ± std, ...
     folds/<j>/         a normal run folder of fold model j: model_best.pt, checkpoint_last.pt,
                        history.json, heldout_predictions.npz (its held-out fold),
@@ -19,6 +21,13 @@ Run folder:
 
 Folds run one after another (under torchrun each one data-parallel); a stopped run resumes
 at the fold and epoch where it stopped.
+
+The out-of-fold file is assembled from the fold models' `heldout_predictions.npz` (each
+written at that model's chosen epoch, with the run's TTA), in train-split order; `row_models`
+in its provenance says which fold model scored each row. Those scores are slightly
+optimistic: each fold model's epoch was chosen by mAP on the very fold it scores here (one
+choice among `--epochs` candidates, made on these labels), though no model ever trained on
+the images it scores.
 """
 
 from __future__ import annotations
@@ -49,8 +58,10 @@ from predictions.runs import (
     CROSSVAL_FILENAME,
     FOLD_SUMMARY_FILENAME,
     FOLDS_FILENAME,
+    HELD_OUT_PREDICTIONS_FILENAME,
     HISTORY_FILENAME,
     LAST_CHECKPOINT_FILENAME,
+    TRAIN_OOF_PREDICTIONS_FILENAME,
 )
 from training.checkpoint import ModelHook, load_trusted
 from training.config import TrainConfig
@@ -62,6 +73,7 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.folds import Fold, FoldsError, assign_folds, load_folds, make_folds, save_folds
+from training.labelfixes import fixes_for_run, write_run_copy
 from training.records import finite_or_none, now_iso, positives_per_class
 from training.runfolder import (
     RunLock,
@@ -80,7 +92,7 @@ from vocdata.dataset import load_split_checked
 from vocdata.download import ensure_voc_root
 from vocdata.jsonio import JsonFileError, read_json, write_json
 from vocdata.paths import project_relative, resolve_project_path
-from vocdata.splits import VocSplit, resolve_voc_root
+from vocdata.splits import VocSplit, read_split, resolve_voc_root
 
 log = logging.getLogger("training.crossval")
 
@@ -176,6 +188,35 @@ def _write_combined_history(run_dir: Path, folds: list[Fold]) -> None:
     write_history(run_dir, combined)
 
 
+def _model_entries(folds: list[Fold], results: list[FoldResult]) -> list[dict[str, Any]]:
+    """The provenance's `models`: each fold model's file (project-relative), fold and epoch."""
+    return [
+        {
+            "path": project_relative(fold.run_dir / BEST_MODEL_FILENAME),
+            "fold": fold.number,
+            "epoch": result.chosen_epoch,
+        }
+        for fold, result in zip(folds, results, strict=True)
+    ]
+
+
+# What the run's files copy from the fold models' provenance (the same in every fold model).
+SHARED_KEYS = (
+    "arch",
+    "weights",
+    "model_variant",
+    "difficult",
+    "image_size",
+    "head",
+    "head_kind",
+    "tta",
+    "freeze_backbone",
+    "lp_ft",
+    "voc_root",
+    "label_fixes",
+)
+
+
 def _write_ensemble(
     config: TrainConfig,
     run_dir: Path,
@@ -184,7 +225,8 @@ def _write_ensemble(
     full_train: VocSplit,
     seconds: float,
 ) -> dict[str, Any]:
-    """Average the fold models' own val predictions into the run's predictions file."""
+    """Average the fold models' own val predictions into the run's predictions file, and
+    gather their held-out predictions into the out-of-fold file of the train split."""
     fold_predictions = [load_predictions(f.run_dir / PREDICTIONS_FILENAME) for f in folds]
     first = fold_predictions[0]
     scores = combine_scores([p.scores for p in fold_predictions], DEFAULT_AVERAGING_RULE)
@@ -204,8 +246,7 @@ def _write_ensemble(
         "ensemble_val_map": val_map,
         "ensemble_val_map_classes": val_classes,
     }
-    kept = ("arch", "weights", "model_variant", "difficult", "image_size", "head", "voc_root")
-    provenance = {key: first.provenance.get(key) for key in kept}
+    provenance = {key: first.provenance[key] for key in SHARED_KEYS if key in first.provenance}
     provenance.update(
         summary,
         epoch=None,  # one per fold model: fold_epochs
@@ -214,6 +255,7 @@ def _write_ensemble(
         seed=config.seed,
         split="val",
         selected_on="each fold model's own held-out fold of the train split; never val",
+        models=_model_entries(folds, results),  # every row scored by all of them
         train_images=len(full_train),
         val_images=len(val_split),
         train_positives=positives_per_class(full_train),
@@ -224,9 +266,107 @@ def _write_ensemble(
         run_dir / PREDICTIONS_FILENAME,
         Predictions(scores, first.labels, first.files, first.class_names, provenance),
     )
+    oof_path = write_out_of_fold(config, run_dir, folds, results, full_train, summary)
+    log.info(
+        "out-of-fold scores of the %d train images (each by the fold model that held it out): %s",
+        len(full_train),
+        project_relative(oof_path),
+    )
     write_json(run_dir / CROSSVAL_FILENAME, {**summary, "wall_seconds_last_session": seconds})
     write_latest_pointer(config.runs_dir, run_dir)
     return summary
+
+
+def out_of_fold_predictions(
+    folds: list[Fold], results: list[FoldResult], full_train: VocSplit
+) -> tuple[Predictions, list[dict[str, Any]]]:
+    """Every train image's scores from the fold model that held it out, in train-split order:
+    (the scores with the held-out files' labels and the first fold model's provenance, the
+    fold models' provenance). Each held-out file must hold exactly its fold's rows."""
+    count = len(full_train)
+    scores = np.full((count, len(VOC_CLASSES)), np.nan, dtype=np.float32)
+    labels = np.zeros((count, len(VOC_CLASSES)), dtype=np.int8)
+    row_models = np.full(count, -1, dtype=np.int64)
+    provenances = []
+    for index, (fold, result) in enumerate(zip(folds, results, strict=True)):
+        path = fold.run_dir / HELD_OUT_PREDICTIONS_FILENAME
+        held_out = load_predictions(path)
+        expected = [full_train.relative_paths[row] for row in fold.held_out_rows]
+        if list(held_out.files) != expected or held_out.labels is None:
+            raise FoldsError(
+                f"{project_relative(path)} does not hold fold {fold.number}'s held-out images "
+                f"in train-split order (folds.json): the run folder was changed; train the "
+                f"fold again (delete folds/{fold.number}/) with --resume"
+            )
+        if held_out.provenance.get("epoch") != result.chosen_epoch:
+            raise FoldsError(
+                f"{project_relative(path)} is of epoch {held_out.provenance.get('epoch')}, not "
+                f"the chosen epoch {result.chosen_epoch}: the run folder was changed; train "
+                f"the fold again (delete folds/{fold.number}/) with --resume"
+            )
+        scores[fold.held_out_rows] = held_out.scores
+        labels[fold.held_out_rows] = held_out.labels
+        row_models[fold.held_out_rows] = index
+        provenances.append(held_out.provenance)
+    if (row_models < 0).any():
+        missing = full_train.relative_paths[int(np.flatnonzero(row_models < 0)[0])]
+        raise FoldsError(f"no fold holds out {missing}: folds.json does not cover the train split")
+    if not np.array_equal(labels, full_train.labels):
+        log.warning(
+            "the held-out files' labels differ from today's train labels in %d place(s): the "
+            "out-of-fold file keeps the labels the fold models were chosen with",
+            int((labels != full_train.labels).sum()),
+        )
+    first = provenances[0]
+    predictions = Predictions(
+        scores, labels, tuple(full_train.relative_paths), VOC_CLASSES, dict(first)
+    )
+    predictions.provenance["row_models"] = row_models.tolist()
+    return predictions, provenances
+
+
+def write_out_of_fold(
+    config: TrainConfig,
+    run_dir: Path,
+    folds: list[Fold],
+    results: list[FoldResult],
+    full_train: VocSplit,
+    summary: dict[str, Any],
+) -> Path:
+    """`<run>/train_oof_predictions.npz`: see the module text."""
+    assembled, provenances = out_of_fold_predictions(folds, results, full_train)
+    tta = {p.get("tta") for p in provenances}
+    if len(tta) != 1:
+        raise FoldsError(f"the fold models' held-out scores use different TTA ({sorted(tta)})")
+    first = provenances[0]
+    provenance = {key: first[key] for key in SHARED_KEYS if key in first}
+    provenance.update(
+        split="train",
+        out_of_fold=True,
+        folds=len(folds),
+        models=_model_entries(folds, results),
+        row_models=assembled.provenance["row_models"],
+        epoch=None,  # one per fold model: models[i]["epoch"]
+        val_map=None,
+        val_map_classes=None,
+        seed=config.seed,
+        selected_on="each fold model's epoch was chosen on the held-out fold it scores here "
+        "(slightly optimistic; no model trained on the image it scores)",
+        fold_epochs=summary["fold_epochs"],
+        fold_heldout_map=summary["fold_heldout_map"],
+        cv_map_mean=summary["cv_map_mean"],
+        cv_map_std=summary["cv_map_std"],
+        train_images=len(full_train),
+        train_positives=positives_per_class(full_train),
+        run=project_relative(run_dir),
+        created=now_iso(),
+    )
+    path = run_dir / TRAIN_OOF_PREDICTIONS_FILENAME
+    save_predictions(
+        path,
+        Predictions(assembled.scores, assembled.labels, assembled.files, VOC_CLASSES, provenance),
+    )
+    return path
 
 
 def summary_line(summary: dict[str, Any], seconds: float, resumed: bool = False) -> str:
@@ -246,9 +386,10 @@ def summary_line(summary: dict[str, Any], seconds: float, resumed: bool = False)
 def _prepare_run(
     config: TrainConfig, context: DistContext
 ) -> tuple[Path, VocSplit, np.ndarray, RunLock | None]:
-    """The run folder (locked by the main process), the train split and its fold assignment:
-    drawn and saved for a new run, read back (and checked) when resuming. Nothing is created
-    before the inputs are checked."""
+    """The run folder (locked by the main process), the train split (its label fixes
+    applied) and its fold assignment: drawn and saved for a new run, read back (and checked)
+    when resuming. Nothing is created before the inputs, the label fixes among them, are
+    checked."""
     lock = None
     if config.resume and context.is_main:  # before anything is read: refused at once if busy
         lock = RunLock(resolve_project_path(config.resume)).acquire()
@@ -271,13 +412,25 @@ def _prepare_folder(
     full_train = load_split_checked(
         voc_root, "train", config.skip_bad_images, max(1, config.workers)
     )
+    val_ids = read_split(voc_root, "val").image_ids  # a fix naming one of these is refused
     if config.resume:
         run_dir = resolve_project_path(config.resume)
+        started = (run_dir / FOLDS_FILENAME).is_file()
+        fixes = fixes_for_run(
+            config.label_fixes, config.label_fix_mode, full_train, val_ids, run_dir, started
+        )
+        if fixes is not None:
+            full_train = fixes.apply(full_train)
         assignment = load_folds(run_dir / FOLDS_FILENAME, full_train, config.folds)
         if context.is_main:  # with the options given again (e.g. a larger --epochs)
             remove_abandoned(run_dir)  # temporaries of a session that was killed
             write_config(run_dir, config)
+            write_run_copy(run_dir, fixes)
+        barrier(context)
         return run_dir, full_train, assignment, None
+    fixes = fixes_for_run(config.label_fixes, config.label_fix_mode, full_train, val_ids)
+    if fixes is not None:  # the folds are drawn on the labels the fold models train with
+        full_train = fixes.apply(full_train)
     targets, _ = full_train.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, config.folds, config.seed)
     for number in range(1, config.folds + 1):
@@ -298,8 +451,11 @@ def _prepare_folder(
     created, lock = create_run_dir(config) if context.is_main else (None, None)
     run_dir = Path(broadcast_object(str(created) if created else None, context))
     if context.is_main:
-        # create_run_dir wrote config.json and the last-started pointer (--resume latest)
+        # create_run_dir wrote config.json and the last-started pointer (--resume latest);
+        # the fixes' copy comes before folds.json, which marks a run that has started
+        write_run_copy(run_dir, fixes)
         save_folds(run_dir / FOLDS_FILENAME, full_train, assignment, config.seed, config.difficult)
+    barrier(context)
     return run_dir, full_train, assignment, lock
 
 

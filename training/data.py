@@ -9,9 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from predictions.runs import LAST_CHECKPOINT_FILENAME
 from training.config import TrainConfig
 from training.distributed import DistContext, barrier
 from training.folds import Fold
+from training.labelfixes import LabelFixes, fixes_for_run
 from training.sampling import EpochSampler
 from training.seed import seed_worker
 from vocdata.cache import ImageCache, open_or_build_cache
@@ -36,6 +38,7 @@ class RunData:
     train_sampler: EpochSampler
     test_split: VocSplit | None = None
     test_loader: DataLoader | None = None
+    label_fixes: LabelFixes | None = None  # applied to the train split (training/labelfixes.py)
 
 
 class RowSubset(Dataset):
@@ -156,6 +159,23 @@ def _split_cache(
     return cache
 
 
+def run_label_fixes(
+    config: TrainConfig, train: VocSplit, val: VocSplit, fold: Fold | None = None
+) -> LabelFixes | None:
+    """The label fixes of this run's train split. A fold model reads the copy its k-fold run
+    keeps (written before any fold trains); a resumed single run its own copy; a new run the
+    --label-fixes file, checked before anything is created."""
+    run_dir, started = None, False
+    if fold is not None:
+        run_dir, started = fold.run_dir.parent.parent, True
+    elif config.resume:
+        run_dir = resolve_project_path(config.resume)
+        started = (run_dir / LAST_CHECKPOINT_FILENAME).is_file()
+    return fixes_for_run(
+        config.label_fixes, config.label_fix_mode, train, val.image_ids, run_dir, started
+    )
+
+
 def build_run_data(
     config: TrainConfig,
     voc_root: Path,
@@ -169,10 +189,13 @@ def build_run_data(
     workers = max(1, config.workers)
     full_train = load_split_checked(voc_root, "train", config.skip_bad_images, workers)
     val_split = load_split_checked(voc_root, "val", config.skip_bad_images, workers)
+    check_disjoint(full_train, val_split, main_dir(voc_root))
+    label_fixes = run_label_fixes(config, full_train, val_split, fold)
+    if label_fixes is not None:  # before a fold's rows are taken: a fold keeps its fixes
+        full_train = label_fixes.apply(full_train)
     train_split = full_train
     if fold is not None:
         train_split = full_train.subset(_rows_mask(fold.train_rows, len(full_train)))
-    check_disjoint(full_train, val_split, main_dir(voc_root))
     if len(train_split) < config.batch_size * context.world_size:
         raise VocDataError(
             f"The train split has {len(train_split)} images, fewer than one batch of "
@@ -239,4 +262,5 @@ def build_run_data(
         train_sampler=train_sampler,
         test_split=test_split,
         test_loader=None if test_set is None else scored(test_set),
+        label_fixes=label_fixes,
     )

@@ -17,6 +17,7 @@ from typing import Any
 from evaluation.metrics import SplitAP
 from training.config import TrainConfig
 from training.folds import Fold
+from training.labelfixes import FixedSplit
 from vocdata.classes import VOC_CLASSES
 from vocdata.paths import project_relative
 from vocdata.splits import VocSplit
@@ -96,7 +97,8 @@ def model_provenance(
 ) -> dict[str, Any]:
     """The provenance of the model kept at `record`'s epoch (and of its predictions). A fold
     model's `val_*` measured its held-out fold, so those become `heldout_*` and val_map is
-    None: the val split is not looked at while a fold model trains."""
+    None: the val split is not looked at while a fold model trains. A train split with label
+    fixes records them (`label_fixes`); `train_positives` counts the fixed labels."""
     provenance = {
         "arch": config.arch,
         "weights": weights_label(config.weights),
@@ -124,6 +126,8 @@ def model_provenance(
         "run": project_relative(run_dir),
         "created": now_iso(),
     }
+    if isinstance(train_split, FixedSplit) and train_split.fixes is not None:
+        provenance["label_fixes"] = train_split.fixes.summary()  # of the whole train split
     if fold is not None:
         provenance.update(
             split=f"train, {fold.label}",

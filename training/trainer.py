@@ -61,6 +61,7 @@ from training.features import FeaturePass, FeatureSet, image_source, load_featur
 from training.folds import Fold
 from training.frozen import head_epoch, head_logits, linear_probe, validate_on_features
 from training.heads import PriorHead, describe_head, resolve_head
+from training.labelfixes import labels_for_ap, write_run_copy
 from training.loop import predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
@@ -342,6 +343,7 @@ class Trainer:
             handler = attach_log_file(self.run_dir, self.early_log)
             write_config(self.run_dir, config)
             write_run_provenance(self.run_dir)
+            write_run_copy(self.run_dir, self.data.label_fixes)  # what --resume applies
             epoch_log = EpochLog(self.run_dir, self.state.epoch + 1, self.scored_on)
             warn_undefined_classes(self.data.val_split, config.difficult, self.scored_on)
             log.info(
@@ -451,7 +453,8 @@ class Trainer:
         return record, scores
 
     def val_ap(self, scores: np.ndarray, split: VocSplit) -> SplitAP:
-        return split_average_precision(scores, split.labels, VOC_CLASSES, self.config.difficult)
+        labels, difficult = labels_for_ap(split, self.config.difficult)  # label fixes' mask
+        return split_average_precision(scores, labels, VOC_CLASSES, difficult)
 
     def validate(
         self, loader: DataLoader | None = None, size: int | None = None
