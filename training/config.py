@@ -23,6 +23,7 @@ from predictions.runs import (
 )
 from training.backbones import BACKBONES
 from training.config_checks import CHOICES, ConfigError, problems
+from training.heads import RESIDUAL_SHRINK
 from training.runtime import AMP_MODES
 from vocdata.options import (
     add_amp_option,
@@ -41,7 +42,8 @@ from vocdata.splits import DifficultMode
 
 PATH_FIELDS = ("voc_root", "runs_dir", "cache_dir", "resume")  # stored project-relative
 # A resumed run's checkpoint only fits the network and optimizer it was written by.
-FIXED_ON_RESUME = ("arch", "optimizer", "head", "freeze_backbone", "lp_ft")
+# (The prior head's damping is a buffer set when training starts: a checkpoint keeps it.)
+FIXED_ON_RESUME = ("arch", "optimizer", "head", "freeze_backbone", "lp_ft", "residual_shrink")
 
 
 def under_torchrun() -> bool:
@@ -69,6 +71,8 @@ class TrainConfig:
     weights: str = "imagenet"
     head: str = "auto"  # training/heads.py; auto = prior with pretrained weights, else random
     tta: str = "hflip"  # test-time augmentation at prediction: none | hflip (measured: helps)
+    # The prior head damps class c's residual by n_c / (n_c + residual_shrink) (training/heads.py)
+    residual_shrink: float = RESIDUAL_SHRINK
     # Train only the head, on cached features. None (auto): frozen with pretrained weights,
     # fine-tuned with --weights none or --lp-ft; resolved when the config is made.
     freeze_backbone: bool | None = None
@@ -227,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.tta,
         help="test-time augmentation: 'hflip' averages the logits of each validation image "
         "and its mirror image (twice the prediction time)",
+    )
+    model.add_argument(
+        "--residual-shrink",
+        type=float,
+        default=d.residual_shrink,
+        metavar="S",
+        help="prior head only: each class's learned residual is multiplied by n / (n + S), n "
+        "its positive training images, so a class with few examples stays near what ImageNet "
+        "knew (0: no damping)",
     )
     model.add_argument(
         "--freeze-backbone",

@@ -127,7 +127,9 @@ def build_training_parts(
         model = model_hook(model)
     model.to(runtime.device, memory_format=runtime.memory_format)
     if isinstance(model.head, PriorHead) and not restores_checkpoint(config):  # else restored
-        model.head.set_train_positives((data.train_split.labels == 1).sum(0))
+        model.head.set_train_positives(
+            (data.train_split.labels == 1).sum(0), shrink=config.residual_shrink
+        )
     if config.freeze_backbone:  # before the optimizer, which takes trainable tensors only
         for param in model.backbone_parameters():
             param.requires_grad_(False)
@@ -436,7 +438,7 @@ class Trainer:
             config,
             record,
             model_variant=self.model_variant,
-            head=describe_head(self.model.head, self.head_kind),
+            head=describe_head(self.model.head, self.head_kind, config.residual_shrink),
             head_kind=self.head_kind,
             train_split=self.data.train_split,
             val_split=self.data.val_split,
