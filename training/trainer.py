@@ -59,6 +59,7 @@ from training.features import FeatureSet, load_features
 from training.folds import Fold
 from training.frozen import head_epoch, linear_probe, validate_on_features
 from training.heads import PriorHead, describe_head, resolve_head
+from training.hparams import model_hparams
 from training.loop import predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
 from training.optim import build_optimizer, build_scheduler
@@ -348,6 +349,7 @@ class Trainer:
                     f"{peak:.0f} MiB" if peak is not None else "n/a (CPU)",
                     project_relative(self.run_dir),
                 )
+                model_hparams(self.run_dir, config, self.state, self.fold)
         finally:
             if epoch_log is not None:
                 epoch_log.close()
