@@ -241,11 +241,7 @@ def _markdown(
         "",
         f"Feature pass (or cache read) {timing['feature_seconds']:.1f} s, trials "
         f"{timing['trials_seconds']:.1f} s"
-        + (
-            f", final run {timing['final_seconds']:.1f} s"
-            if timing["final_seconds"]
-            else ""
-        )
+        + (f", final run {timing['final_seconds']:.1f} s" if timing["final_seconds"] else "")
         + f" ({timing['sessions']} session(s)).",
         "",
     ]
