@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search hyper-parameters by K-fold cross-validation on the train split "
         "(Optuna TPE), then train the chosen recipe on all of train and score val once. "
         "Options after `--` are main_train.py's and fix everything that is not searched.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Example: python -m training.sweep --trials 30 -- --arch efficientnet_lite0. "
+        "The sweep folder's sweep.md has the grid of every trial; see the README.",
     )
     parser.add_argument(
         "--trials",
@@ -109,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(SEARCH_SPACE),
         default=None,
         metavar="OPTION",
-        help="the options to search, each over its range in the sweep's README table "
-        f"(default: {' '.join(SEARCH_DEFAULT)}; also: optimizer, lr_backbone)",
+        help="the options to search (default: "
+        + " ".join(SEARCH_DEFAULT)
+        + "), over these ranges: "
+        + "; ".join(f"{name} {space.describe()}" for name, space in SEARCH_SPACE.items()),
     )
     parser.add_argument(
         "--out",
@@ -129,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--final",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="at the end, train the chosen options on all of train and score val once",
+        help="at the end, train the chosen options on all of train and score val once "
+        "(default; --no-final stops after the trials)",
     )
     parser.add_argument(
         "--fine-tune",
