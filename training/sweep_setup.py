@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig, config_from_argv
+from training.config_checks import ConfigError
 from training.featurecv import TRIAL_OPTIONS
 from training.sweep_report import SweepDescription
 from vocdata.atomic import atomic_write
@@ -201,6 +202,8 @@ class SweepSetup:
                 base,
                 [str(word) for word in data.get("command", [])],
             )
+        except ConfigError:
+            raise  # a saved option that no longer works here (a weights file gone): said as such
         except (KeyError, TypeError, ValueError) as error:
             raise SweepError(
                 f"{display_path(path)} is damaged ({error}); restore it, or start a new sweep"
