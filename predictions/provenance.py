@@ -63,6 +63,11 @@ KEYS: dict[str, Key] = {
     "image_size": _key(_PER_MODEL_INT, "side of the square input the model was trained at"),
     "head": _key(_OPT_STR, "the head in words, with its trained parameters"),
     "head_kind": _key(_OPT_STR, "random, init or prior"),
+    "residual_shrink": _key(
+        _OPT_NUMBER,
+        "prior head: its residual damped by n / (n + this), n a class's train images (None: "
+        "another head; files written before the option existed used 20)",
+    ),
     "tta": _key(str, "test-time augmentation of the scores: none or hflip", "none"),
     "view": _key(_PER_MODEL_STR, "how images were seen: crop, whole or crop+whole", "crop"),
     "whole_size": _key(_PER_MODEL_INT, "shorter side of the whole view"),

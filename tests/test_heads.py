@@ -255,31 +255,45 @@ def test_frozen_features_are_computed_once_and_reused(tiny_voc, tmp_path, monkey
     np.testing.assert_array_equal(first, again)
 
 
-def test_compare_heads_runs_the_real_trainer_and_rescores_both_ways(tiny_voc, tmp_path, capsys):
-    from training import compare_heads
-
-    out = tmp_path / "cmp.json"
-    argv = [
-        *("--voc-root", str(tiny_voc.root), "--out", str(out), "--epochs", "1"),
-        *("--limit", "20", "--workers", "0", "--cache-dir", str(tmp_path / "cache")),
-        *("--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--only"),
-        *(compare_heads.ZERO_SHOT, "prior, frozen backbone"),
-        *("--", "--image-size", "32", "--batch-size", "8"),
-    ]
-    assert compare_heads.main(argv) == 0
-    result = json.loads(out.read_text())
-    rows = {(r["variant"], r["tta"]): r for r in result["rows"]}
-    assert set(rows) == {
-        (name, tta)
-        for name in (compare_heads.ZERO_SHOT, "prior, frozen backbone")
-        for tta in ("none", "hflip")
-    }
-    zero_shot = rows[(compare_heads.ZERO_SHOT, "none")]
-    assert zero_shot["best_epoch"] == 0 and zero_shot["below_zero_shot"] == []
-    # Re-scoring without TTA reproduces the run's own predictions file.
-    run_preds = load_predictions(Path(zero_shot["run"]) / "val_predictions.npz")
-    with pytest.warns(UserWarning):
-        ap = per_class_average_precision(run_preds.scores, run_preds.labels, VOC_CLASSES, "ignore")
-    expected = [None if np.isnan(a) else pytest.approx(a, abs=1e-6) for a in ap]
-    assert [zero_shot["ap"][c] for c in VOC_CLASSES] == expected
-    assert "| variant | TTA | mAP |" in capsys.readouterr().out
+def test_residual_shrink_20_is_the_default_run_and_other_values_change_it(
+    tiny_voc, tmp_path, caplog
+):
+    runs = tmp_path / "runs"
+    base = (*LITE0, "--head", "prior", "--freeze-backbone", "--epochs", "2")
+    runs_of = {}
+    for name, extra in (
+        ("default", ()),
+        ("20", ("--residual-shrink", "20")),
+        ("2", ("--residual-shrink", "2")),
+    ):
+        args = tiny_run_args(tiny_voc.root, runs, *base, *extra, "--run-name", name)
+        assert main_train.main(args) == 0
+        model, saved = load_model(runs / name / "model_best.pt")
+        preds = load_predictions(runs / name / "val_predictions.npz")
+        runs_of[name] = (model.state_dict(), preds, saved)
+    positives = (read_split(tiny_voc.root, "train").labels == 1).sum(0)
+    # The damping the head had before it was an option: set_train_positives' own default.
+    before = build_head("prior", nn.Linear(8, 1000), VOC_CLASSES)
+    before.set_train_positives(positives)
+    default_state, default_preds, default_saved = runs_of["default"]
+    assert torch.equal(default_state["backbone.classifier.residual_gain"], before.residual_gain)
+    state_20, preds_20, _ = runs_of["20"]
+    assert default_state.keys() == state_20.keys()
+    assert all(torch.equal(default_state[k], state_20[k]) for k in default_state)
+    np.testing.assert_array_equal(default_preds.scores, preds_20.scores)
+    assert default_preds.provenance["residual_shrink"] == 20.0
+    state_2, preds_2, _ = runs_of["2"]
+    gain = torch.as_tensor(positives, dtype=torch.float32)
+    torch.testing.assert_close(state_2["backbone.classifier.residual_gain"], gain / (gain + 2))
+    assert not np.array_equal(default_preds.scores, preds_2.scores)
+    assert preds_2.provenance["residual_shrink"] == 2.0
+    assert (
+        "n/(n+2)" in preds_2.provenance["head"]
+        and "n/(n+20)" in default_saved["provenance"]["head"]
+    )
+    assert json.loads((runs / "2" / "config.json").read_text())["residual_shrink"] == 2.0
+    # The damping is in the checkpoint: a resumed run cannot change it.
+    resume = tiny_run_args(tiny_voc.root, runs, "--resume", str(runs / "2"), "--epochs", "3")
+    with caplog.at_level(logging.ERROR):
+        assert main_train.main([*resume, "--residual-shrink", "5"]) == 2
+    assert "--residual-shrink 5.0 differs from the run's own --residual-shrink 2.0" in caplog.text

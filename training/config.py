@@ -26,6 +26,7 @@ from predictions.runs import (
 from training.backbones import BACKBONES
 from training.config_checks import CHOICES, ConfigError, problems
 from training.engine import ENGINE_CHOICES
+from training.heads import RESIDUAL_SHRINK
 from training.runtime import AMP_MODES
 from vocdata.options import (
     add_amp_option,
@@ -71,6 +72,7 @@ FIXED_ON_RESUME = (
     "spatial_max",
     "label_fixes",
     "label_fix_mode",
+    "residual_shrink",  # a buffer set when training starts: the checkpoint keeps it
 )
 # These may change on resume and take effect: where the data and outputs are, the machine,
 # the bookkeeping, and --epochs (the cosine schedule is laid out again over the new total:
@@ -129,6 +131,8 @@ class TrainConfig:
     view: str = "crop"
     whole_size: int | None = None
     spatial_max: bool = False  # the prior head's class-wise maximum over positions
+    # The prior head damps class c's residual by n_c / (n_c + residual_shrink) (training/heads.py)
+    residual_shrink: float = RESIDUAL_SHRINK
     # Train only the head, on cached features. None (auto): frozen with pretrained weights,
     # fine-tuned with --weights none or --lp-ft; resolved when the config is made.
     freeze_backbone: bool | None = None
@@ -345,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="prior head: add each class's highest prior over the cells of the feature map "
         "(a learned weight per class, started at 0): finds small objects that average "
         "pooling dilutes",
+    )
+    model.add_argument(
+        "--residual-shrink",
+        type=float,
+        default=d.residual_shrink,
+        metavar="S",
+        help="prior head only: each class's learned residual is multiplied by n / (n + S), n "
+        "its positive training images, so a class with few examples stays near what ImageNet "
+        "knew (0: no damping)",
     )
     model.add_argument(
         "--freeze-backbone",

@@ -159,6 +159,7 @@ field_check("lr_head")(_rate("1e-3"))
 field_check("lr_backbone")(_rate("1e-4"))
 field_check("weight_decay")(_rate("1e-4"))
 field_check("warmup_epochs")(_rate("1"))
+field_check("residual_shrink")(_rate("20"))
 
 
 @field_check("seed")

@@ -73,6 +73,7 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.folds import Fold, FoldsError, assign_folds, load_folds, make_folds, save_folds
+from training.hparams import ensemble_hparams
 from training.labelfixes import fixes_for_run, write_run_copy
 from training.records import finite_or_none, now_iso, positives_per_class
 from training.runfolder import (
@@ -486,6 +487,7 @@ def run_cross_validation(
             return run_dir
         seconds = time.perf_counter() - started
         summary = _write_ensemble(config, run_dir, folds, results, full_train, seconds)
+        ensemble_hparams(run_dir, config, summary)
         print(summary_line(summary, seconds, resumed=bool(config.resume)), flush=True)
         barrier(context)
         return run_dir

@@ -14,7 +14,7 @@ head trained for 12 epochs 0.40). Three kinds, chosen with `--head`:
   calibrated-looking zero-shot scores. On top come a learned per-class scale and offset
   (start 1 and 0) and a linear residual from the features, started at zero, so training
   starts from the prior and only moves away from it as far as the VOC examples pull. The
-  residual of a class with few training images is damped (`RESIDUAL_SHRINK`), so what
+  residual of a class with few training images is damped (`--residual-shrink`), so what
   ImageNet knew about it is not over-written by a handful of examples. A class without
   synsets has prior 0 and is learned by its offset and residual alone.
 
@@ -45,6 +45,7 @@ INIT_BIAS_SHIFT = -4.0
 # freely (shrinkage, as in empirical Bayes). Measured on the dev subset, frozen Lite0 features,
 # 12 epochs: without it the residual over-fits bicycle and boat (10-ish train images each)
 # below their zero-shot AP; with 20: mAP 0.516 -> 0.543, no class below zero-shot.
+# The default of `--residual-shrink` (`python -m training.sweep` can tune it).
 RESIDUAL_SHRINK = 20.0
 
 
@@ -187,8 +188,9 @@ def build_head(
     raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
 
 
-def describe_head(head: nn.Module, kind: str) -> str:
-    """One line for the provenance and the report: which head, and how many trained numbers."""
+def describe_head(head: nn.Module, kind: str, residual_shrink: float = RESIDUAL_SHRINK) -> str:
+    """One line for the provenance and the report: which head, and how many trained numbers
+    (`residual_shrink`: the damping the prior head was trained with, `--residual-shrink`)."""
     trained = sum(p.numel() for p in head.parameters() if p.requires_grad)
     if isinstance(head, PriorHead):
         spatial = (
@@ -199,7 +201,7 @@ def describe_head(head: nn.Module, kind: str) -> str:
         return (
             f"prior: frozen ImageNet layer -> log-odds of its softmax mass on each class's "
             f"synsets,\n  x learned scale + offset, + a zero-started Linear({head.in_features} "
-            f"-> {head.out_features}) residual damped by n/(n+{RESIDUAL_SHRINK:g}) for n train "
+            f"-> {head.out_features}) residual damped by n/(n+{residual_shrink:g}) for n train "
             f"images{spatial}: {trained:,} trained parameters"
         )
     origin = "rows started from ImageNet synsets" if kind == "init" else "freshly initialised"

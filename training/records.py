@@ -115,6 +115,7 @@ def model_provenance(
         "train_positives": positives_per_class(train_split),
         "head": head,
         "head_kind": head_kind,
+        "residual_shrink": config.residual_shrink if head_kind == "prior" else None,
         "tta": config.tta,
         "view": config.view,
         "whole_size": resolved_whole_size(config),

@@ -61,6 +61,7 @@ from training.features import FeaturePass, FeatureSet, image_source, load_featur
 from training.folds import Fold
 from training.frozen import head_epoch, head_logits, linear_probe, validate_on_features
 from training.heads import PriorHead, describe_head, resolve_head
+from training.hparams import model_hparams
 from training.labelfixes import labels_for_ap, write_run_copy
 from training.loop import predict, train_one_epoch
 from training.model import MultiLabelClassifier, build_classifier
@@ -141,7 +142,9 @@ def build_training_parts(
         model = model_hook(model)
     model.to(runtime.device, memory_format=runtime.memory_format)
     if isinstance(model.head, PriorHead) and not restores_checkpoint(config):  # else restored
-        model.head.set_train_positives((data.train_split.labels == 1).sum(0))
+        model.head.set_train_positives(
+            (data.train_split.labels == 1).sum(0), shrink=config.residual_shrink
+        )
     if config.freeze_backbone:  # before the optimizer, which takes trainable tensors only
         for param in model.backbone_parameters():
             param.requires_grad_(False)
@@ -401,6 +404,7 @@ class Trainer:
                     f"{peak:.0f} MiB" if peak is not None else "n/a (CPU)",
                     project_relative(self.run_dir),
                 )
+                model_hparams(self.run_dir, config, self.state, self.fold)
         finally:
             if epoch_log is not None:
                 epoch_log.close()
@@ -492,7 +496,7 @@ class Trainer:
             config,
             record,
             model_variant=self.model_variant,
-            head=describe_head(self.model.head, self.head_kind),
+            head=describe_head(self.model.head, self.head_kind, config.residual_shrink),
             head_kind=self.head_kind,
             train_split=self.data.train_split,
             val_split=self.data.val_split,
