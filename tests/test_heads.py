@@ -293,7 +293,7 @@ def test_residual_shrink_20_is_the_default_run_and_other_values_change_it(
     )
     assert json.loads((runs / "2" / "config.json").read_text())["residual_shrink"] == 2.0
     # The damping is in the checkpoint: a resumed run cannot change it.
-    resume = tiny_run_args(tiny_voc.root, runs, "--resume", str(runs / "2"), "--epochs", "3")
+    resume = ["--resume", str(runs / "2"), "--runs-dir", str(runs), "--epochs", "3"]
     with caplog.at_level(logging.ERROR):
         assert main_train.main([*resume, "--residual-shrink", "5"]) == 2
     assert "--residual-shrink 5.0 differs from the run's own --residual-shrink 2.0" in caplog.text
