@@ -28,6 +28,7 @@ from training.config_checks import CHOICES, ConfigError, problems
 from training.engine import ENGINE_CHOICES
 from training.heads import RESIDUAL_SHRINK
 from training.runtime import AMP_MODES
+from vocdata.jsonio import JsonFileError, read_json
 from vocdata.options import (
     add_amp_option,
     add_arch_option,
@@ -97,6 +98,10 @@ CHANGEABLE_ON_RESUME = (
 )
 
 
+# What a run behaved like before the option existed: a config.json without the key resumes so.
+SAVED_BEFORE_OPTION = {"view": "crop", "spatial_max": False}
+
+
 def under_torchrun() -> bool:
     """Started by torchrun with several processes (it sets WORLD_SIZE for each)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -127,10 +132,12 @@ class TrainConfig:
     head: str = "auto"  # training/heads.py; auto = prior with pretrained weights, else random
     tta: str = "hflip"  # test-time augmentation at prediction: none | hflip (measured: helps)
     # How images are seen at evaluation (vocdata/views.py): crop, whole or crop+whole; the
-    # whole view's shorter side (None: image_size x 10/7, 320 for 224).
-    view: str = "crop"
+    # whole view's shorter side (None: image_size x 10/7, 320 for 224). The prior head's
+    # class-wise maximum over positions. None (auto): whole and on for the frozen recipe with
+    # the prior head (chosen by 5-fold CV on train: docs/measurements.md), else crop and off.
+    view: str | None = None
     whole_size: int | None = None
-    spatial_max: bool = False  # the prior head's class-wise maximum over positions
+    spatial_max: bool | None = None
     # The prior head damps class c's residual by n_c / (n_c + residual_shrink) (training/heads.py)
     residual_shrink: float = RESIDUAL_SHRINK
     # Train only the head, on cached features. None (auto): frozen with pretrained weights,
@@ -170,6 +177,11 @@ class TrainConfig:
         if self.freeze_backbone is None:  # frozen features are a one-process recipe
             pretrained = self.weights != "none"
             self.freeze_backbone = pretrained and not self.lp_ft and not under_torchrun()
+        prior_head = self.head == "prior" or (self.head == "auto" and self.weights != "none")
+        if self.view is None:
+            self.view = "whole" if self.freeze_backbone else "crop"
+        if self.spatial_max is None:
+            self.spatial_max = bool(self.freeze_backbone and prior_head)
         self.validate()
         if self.workers < 0:
             self.workers = default_workers()
@@ -228,15 +240,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
     cannot be read."""
     known = {f.name for f in fields(TrainConfig)}
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = read_json(path, "a run's config.json", dict)
+    except JsonFileError as error:
         raise ConfigError(
-            f"Cannot read the saved options {path} ({error}); restore that file, or start a "
-            f"new run without --resume"
-        ) from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} does not hold a JSON object of options; restore that file")
-    return {key: value for key, value in data.items() if key in known}
+            f"Cannot read the saved options: {error}. Restore that file, or start a new run "
+            f"without --resume"
+        ) from None
+    # A run saved before an option existed ran as that option's old behaviour did.
+    return {**SAVED_BEFORE_OPTION, **{key: v for key, v in data.items() if key in known}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,11 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--view",
-        default=d.view,
+        default=None,
         help="how an image is seen at evaluation (features, validation, scoring): 'crop' "
         "(shorter side to --image-size/0.875, the centre square), 'whole' (the whole image, "
         "shorter side --whole-size, longer side to the nearest multiple of 32, aspect kept "
-        "within 16 px) or 'crop+whole' (the head sees both; logits averaged over them)",
+        "within 16 px) or 'crop+whole' (the head sees both; logits averaged over them). "
+        "Default: whole with a frozen backbone (chosen by 5-fold CV on train), crop when "
+        "fine-tuning"
+        "%(default).0s",
     )
     model.add_argument(
         "--whole-size",
@@ -345,10 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--spatial-max",
         action=argparse.BooleanOptionalAction,
-        default=d.spatial_max,
+        default=None,
         help="prior head: add each class's highest prior over the cells of the feature map "
         "(a learned weight per class, started at 0): finds small objects that average "
-        "pooling dilutes",
+        "pooling dilutes. Default: on for the frozen recipe with the prior head (chosen by "
+        "5-fold CV on train), off otherwise"
+        "%(default).0s",
     )
     model.add_argument(
         "--residual-shrink",

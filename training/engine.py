@@ -251,7 +251,9 @@ class OpenVinoEngine(ForwardEngine):
         return _as_output(_OpenVinoThread.run(self._infer, pixels), self.single)
 
     def __del__(self) -> None:
-        _OpenVinoThread.drop(self._objects)
+        objects = getattr(self, "_objects", None)  # None: __init__ failed before making any
+        if objects:
+            _OpenVinoThread.drop(objects)
 
     def describe(self) -> str:
         return (
