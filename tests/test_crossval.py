@@ -266,6 +266,7 @@ def test_frozen_fold_models_train_on_the_features_of_their_own_rows(tiny_voc, tm
     args[args.index("--weights") + 1] = "imagenet"  # a frozen backbone needs pretrained weights
     args[args.index("--image-size") + 1] = "64"
     args += ["--arch", "efficientnet_lite0", "--freeze-backbone", "--tta", "none"]
+    args += ["--view", "crop", "--no-spatial-max"]  # the crop view, as written out below
     assert main_train.main([*args, "--run-name", "cvf"]) == 0
     train = read_split(tiny_voc.root, "train")
     dataset = VocClassification(tiny_voc.root, train, "ignore", eval_transform(64))

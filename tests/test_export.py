@@ -57,7 +57,9 @@ def tiny_runs(tmp_path_factory) -> tuple[TinyVoc, Path]:
     frozen = tiny_run_args(voc.root, runs, "--epochs", "2", "--run-name", "lite0")
     frozen[frozen.index("--weights") + 1] = "imagenet"
     frozen[frozen.index("--image-size") + 1] = "64"
-    assert main_train.main([*frozen, "--arch", "efficientnet_lite0", "--freeze-backbone"]) == 0
+    frozen += ["--arch", "efficientnet_lite0", "--freeze-backbone"]
+    frozen += ["--view", "crop", "--no-spatial-max"]  # what the crop scorer above writes out
+    assert main_train.main(frozen) == 0
     return voc, runs
 
 

@@ -12,14 +12,13 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
 import main_train
 import training.features
 from evaluation.metrics import per_class_average_precision
 from predictions import load_predictions
 from tests.voc_fixture import tiny_run_args
-from training.checkpoint import load_model
+from training.checkpoint import load_model, saved_views
 from training.heads import PriorHead, build_head
 from training.loop import tta_logits
 from training.model import build_classifier
@@ -213,13 +212,18 @@ def test_saved_prior_model_reloads_and_reproduces_its_predictions(tiny_voc, tmp_
     torch.testing.assert_close(model.head.residual_gain, positives / (positives + 20.0))
     # Training moved the head away from its start, so reproducing it needs the saved values.
     assert not torch.equal(model.head.residual.weight, torch.zeros_like(model.head.residual.weight))
+    # Written out here: each view of each image (the default: the whole image), its mirror
+    # averaged in, the views' logits averaged, then the sigmoid.
+    views = saved_views(saved)
+    assert [view.kind for view in views] == ["whole"] and saved["spatial_max"]
     val = read_split(tiny_voc.root, "val")
-    dataset = VocClassification(tiny_voc.root, val, "ignore", eval_transform(saved["image_size"]))
+    datasets = [VocClassification(tiny_voc.root, val, "ignore", v.transform()) for v in views]
+    rows = []
     with torch.no_grad():
-        scores = torch.cat(
-            [torch.sigmoid(tta_logits(model, x, "hflip")) for x, *_ in DataLoader(dataset, 5)]
-        ).numpy()
-    np.testing.assert_allclose(preds.scores, scores, atol=1e-5)
+        for index in range(len(val)):
+            per_view = [tta_logits(model, d[index][0][None], "hflip") for d in datasets]
+            rows.append(torch.sigmoid(torch.stack(per_view).mean(dim=0)))
+    np.testing.assert_allclose(preds.scores, torch.cat(rows).numpy(), atol=1e-5)
 
 
 def test_imagenet_head_with_weights_none_is_a_clear_error(tiny_voc, tmp_path, caplog):

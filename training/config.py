@@ -243,7 +243,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = read_json(path, "a run's config.json", dict)
     except JsonFileError as error:
         raise ConfigError(
-            f"Cannot read the saved options: {error}. Restore that file, or start a new run "
+            f"Cannot read the saved options: {error}; restore that file, or start a new run "
             f"without --resume"
         ) from None
     # A run saved before an option existed ran as that option's old behaviour did.
