@@ -26,7 +26,7 @@ from predictions import (
     resolve_run_dir,
 )
 from predictions.runs import HISTORY_FILENAME
-from vocdata.atomic import atomic_folder, probe_writable, remove_abandoned
+from vocdata.atomic import atomic_folder, remove_abandoned, why_not_writable
 from vocdata.jsonio import JsonFileError
 from vocdata.options import add_runs_dir_option, add_voc_root_option
 from vocdata.paths import UnsafePathError, display_path, project_relative, resolve_project_path
@@ -196,14 +196,11 @@ def check_writable(out_dir: Path) -> None:
     """Fail before any work when the report folder cannot be written: the new report is
     written beside it first (then swapped in), so its parent folder must be writable."""
     check_replaceable(out_dir)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        probe_writable(out_dir.parent)
-    except OSError as error:
+    if reason := why_not_writable(out_dir.parent):
         raise ReportInputError(
-            f"Cannot write the report into {display_path(out_dir)} "
-            f"({error.strerror or error}): pass --out with a writable folder"
-        ) from error
+            f"Cannot write the report into {display_path(out_dir)} ({reason}): pass --out "
+            f"with a writable folder"
+        )
     remove_abandoned(out_dir.parent, name=out_dir.name)
 
 

@@ -58,7 +58,7 @@ from predictions import (
     resolve_run_dir,
 )
 from predictions.runs import CONFIG_FILENAME, CROSSVAL_FILENAME, HISTORY_FILENAME
-from vocdata.atomic import atomic_folder, probe_writable
+from vocdata.atomic import atomic_folder, why_not_writable
 from vocdata.jsonio import read_json, write_json
 from vocdata.paths import DEFAULT_RUNS_DIR, display_path, project_relative, resolve_project_path
 from vocdata.splits import DifficultMode
@@ -469,14 +469,11 @@ def check_out_dir(out_dir: Path) -> None:
                 f"--out {display_path(out_dir)} holds other files (a run folder, a report?) "
                 f"and would be replaced whole: pass a new folder, or an earlier comparison's"
             )
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        probe_writable(out_dir.parent)
-    except OSError as error:
+    if reason := why_not_writable(out_dir.parent):
         raise ComparisonError(
-            f"cannot write the comparison into {display_path(out_dir)} "
-            f"({error.strerror or error}): pass --out with a writable folder"
-        ) from error
+            f"cannot write the comparison into {display_path(out_dir)} ({reason}): pass --out "
+            f"with a writable folder"
+        )
 
 
 # -- writing -----------------------------------------------------------------------------------

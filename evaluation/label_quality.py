@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from evaluation.metrics import as_ranking_inputs
 from vocdata.splits import DifficultMode, targets_and_mask
 
 # The mean of equal float64 values can differ from them by a rounding error; a probability this
@@ -82,18 +83,10 @@ class ClassLabelQuality:
 
 
 def _check_column(scores: np.ndarray, given_present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64)
-    given_present = np.asarray(given_present)
-    if scores.ndim != 1 or given_present.shape != scores.shape:
-        raise ValueError(
-            f"scores and labels must be 1-D of equal length, got {scores.shape} and "
-            f"{given_present.shape}"
-        )
-    if not np.isfinite(scores).all() or ((scores < 0) | (scores > 1)).any():
-        raise ValueError("scores must be probabilities in [0, 1] (no NaN or infinity)")
-    if not np.isin(given_present, (0, 1)).all():
-        raise ValueError("given labels must be 0/1 (or boolean): 1 present, 0 absent")
-    return scores, given_present.astype(bool)
+    scores, given_present = as_ranking_inputs(scores, given_present)
+    if ((scores < 0) | (scores > 1)).any():
+        raise ValueError("scores must be probabilities in [0, 1]")
+    return scores, given_present
 
 
 def error_scores(scores: np.ndarray, given_present: np.ndarray) -> np.ndarray:

@@ -24,7 +24,9 @@ class UndefinedAPWarning(UserWarning):
     """A class has no positive example among the evaluated images, so its AP is undefined."""
 
 
-def _as_ranking_inputs(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def as_ranking_inputs(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One class's scores as float64 and its 0/1 labels as booleans, checked: 1-D, of equal
+    length, finite scores (every ranking metric here starts from these)."""
     scores = np.asarray(scores, dtype=np.float64)
     positives = np.asarray(positives)
     if scores.ndim != 1 or positives.shape != scores.shape:
@@ -41,7 +43,7 @@ def _as_ranking_inputs(scores: np.ndarray, positives: np.ndarray) -> tuple[np.nd
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     """Non-interpolated AP (scikit-learn's step-wise definition); NaN without positives."""
-    scores, positives = _as_ranking_inputs(scores, positives)
+    scores, positives = as_ranking_inputs(scores, positives)
     if not positives.any():
         return float("nan")
     return float(average_precision_score(positives, scores))
@@ -53,7 +55,7 @@ def voc_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     Precision at recall r is replaced by the best precision at any recall >= r, which can
     only raise the value relative to the step-wise AP. NaN without positives.
     """
-    scores, positives = _as_ranking_inputs(scores, positives)
+    scores, positives = as_ranking_inputs(scores, positives)
     if not positives.any():
         return float("nan")
     order = np.argsort(-scores, kind="stable")
@@ -204,7 +206,7 @@ def best_f1_threshold(scores: np.ndarray, positives: np.ndarray) -> BestF1 | Non
     as a round cut, not as one image's score. Ties in F1 go to the highest threshold (fewest
     images called positive). None when there is no positive (F1 is 0 at every cut).
     """
-    scores, positives = _as_ranking_inputs(scores, positives)
+    scores, positives = as_ranking_inputs(scores, positives)
     if not positives.any():
         return None
     order = np.argsort(-scores, kind="stable")

@@ -91,9 +91,7 @@ class BrowserApp:
         self.columns = columns
         self.screens_dir = screens_dir or Path("screens")
         self.exports_dir = exports_dir or self.screens_dir.parent / "exports"
-        self.cam = cam or CamProvider(
-            CamSource(reason="no model file was given"), cache.voc_root
-        )
+        self.cam = cam or CamProvider(CamSource(reason="no model file was given"), cache.voc_root)
         self.source_line = source_line
         self.split_switch = split_switch or SplitSwitch()
         self.switch_to: Path | None = None  # set when the person asks for the other split
@@ -175,8 +173,10 @@ class BrowserApp:
             sg.Button("Save page as PNG", key="-SAVE-"),
         ]
         no_labels = "" if self.model.has_labels else "this predictions file has no labels"
-        held_out = "" if self.model.scores_held_out else (
-            " Careful: these scores come from models trained on these images."
+        held_out = (
+            ""
+            if self.model.scores_held_out
+            else (" Careful: these scores come from models trained on these images.")
         )
         views = [
             sg.Text("view"),
@@ -203,7 +203,8 @@ class BrowserApp:
                 or "every label of the class by confident learning on these held-out "
                 "scores: first those past its threshold (labelled absent but scored high, "
                 "labelled present but scored low; the blue bar ▼CL ends them), then the rest, "
-                "each part most likely wrong first (Ctrl+L)." + held_out,
+                "each part most likely wrong first (Ctrl+L)."
+                + held_out,
             ),
             sg.Text("   "),
             sg.Button(
@@ -241,11 +242,13 @@ class BrowserApp:
             [sg.Text("", key="-THRESHOLD-LINE-", size=(110, 1))],
             *grid,
             navigation,
-            [sg.Text(
+            [
+                sg.Text(
                     LEGEND.format(border=self.model.border_legend()),
                     font=("Helvetica", 9),
                     key="-LEGEND-",
-                )],
+                )
+            ],
             [sg.Text("", key="-MESSAGE-", size=(110, 1), text_color="dark red")],
         ]
 

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from gui.camsource import CamSource
 from gui.thumbnails import image_inside, outside_root_reason
+from vocdata.images import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Im
 def network_pixels(path: Path, shorter_side: int) -> np.ndarray:
     """The whole image (no crop, so the map covers all of it) as (H, W, 3) uint8, its shorter
     side at the size the model was trained at."""
-    with Image.open(path) as image:
-        picture = ImageOps.exif_transpose(image).convert("RGB")
+    picture = open_rgb(path)  # upright, 8-bit RGB: the pixels the model was trained on
     scale = shorter_side / min(picture.size)
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
     return np.array(picture.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -27,6 +27,7 @@ import numpy as np
 
 from evaluation.ranking import TRUTH_WORDS
 from vocdata.atomic import atomic_write
+from vocdata.jsonio import JsonFileError, read_json
 from vocdata.paths import SAFE_NAME_CHARACTERS, child_path
 
 MARK_WORDS = {"label": "label looks wrong", "model": "model wrong"}
@@ -76,11 +77,9 @@ class MarkStore:
     def _read(self) -> dict[str, dict[str, str]]:
         fix = "repair it or move it away (the GUI then starts with no marks)"
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise MarksFileError(
-                f"Cannot read the marks file {self.path} ({error}); {fix}."
-            ) from error
+            data = read_json(self.path, "a marks file")
+        except JsonFileError as error:  # unreadable, not UTF-8, not JSON, nested too deeply
+            raise MarksFileError(f"Cannot read the marks file: {error}; {fix}.") from None
         marks = data.get("marks") if isinstance(data, dict) else None
         valid = (
             isinstance(data, dict)

@@ -144,9 +144,7 @@ def tile(
 ) -> Image.Image:
     """A fixed-size tile: the thumbnail centred on a border in the truth colour (grey while
     loading), so the grid never changes shape."""
-    colour = (
-        TRUTH_COLOURS[label] if thumbnail is not None else PLACEHOLDER_GREY
-    )
+    colour = TRUTH_COLOURS[label] if thumbnail is not None else PLACEHOLDER_GREY
     canvas = Image.new("RGB", (size[0] + 2 * border, size[1] + 2 * border), background)
     if thumbnail is None:
         return canvas

@@ -22,7 +22,7 @@ from training.engine import ENGINE_CHOICES
 from training.loop import TTA_MODES
 from training.runtime import AMP_MODES
 from training.scoring import TTA_AUTO
-from vocdata.atomic import probe_writable
+from vocdata.atomic import why_not_writable
 from vocdata.options import (
     add_amp_option,
     add_cache_dir_option,
@@ -166,14 +166,11 @@ def _megabytes(size: int) -> str:
 
 def check_output_folder(out: Path) -> None:
     """Fail before any slow work when the folder of `out` cannot be written."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe_writable(out.parent)
-    except OSError as error:
+    if reason := why_not_writable(out.parent):
         raise OutputError(
             f"Cannot write {display_path(out)}: {display_path(out.parent)} is not a writable "
-            f"folder ({error.strerror or error}). Pass --out with a file in a writable folder."
-        ) from None
+            f"folder ({reason}). Pass --out with a file in a writable folder."
+        )
 
 
 def check_room(out: Path, needed: int) -> None:

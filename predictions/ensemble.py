@@ -20,9 +20,7 @@ DEFAULT_AVERAGING_RULE = MEAN_PROBABILITY
 _LOGIT_EPS = 1e-7
 
 
-def combine_scores(
-    scores: Sequence[np.ndarray], rule: str = DEFAULT_AVERAGING_RULE
-) -> np.ndarray:
+def combine_scores(scores: Sequence[np.ndarray], rule: str = DEFAULT_AVERAGING_RULE) -> np.ndarray:
     """One (N, C) array of probabilities from the (N, C) probabilities of several models.
 
     `mean-probability` averages the sigmoid outputs; `mean-logit` averages their logits and

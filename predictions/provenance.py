@@ -148,8 +148,7 @@ def provenance_problems(provenance: Mapping[str, Any], *, writing: bool = False)
             accepted = ()
         if not isinstance(value, accepted):
             problems.append(
-                f"provenance {name!r} must be {_type_names(key.types)}, not "
-                f"{type(value).__name__}"
+                f"provenance {name!r} must be {_type_names(key.types)}, not {type(value).__name__}"
             )
     if writing:
         problems += [f"provenance lacks {name!r}" for name in REQUIRED if name not in provenance]

@@ -54,6 +54,7 @@ PROVENANCE: dict[str, Any] = {
     "created": "2026-11-22T12:00:00+00:00",
 }
 
+
 def snapshot(folder: Path) -> dict[str, str]:
     """Hash of every file under `folder` (relative name -> sha256), to prove nothing changed."""
     if not folder.exists():

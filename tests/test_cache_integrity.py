@@ -256,3 +256,37 @@ def test_cache_errors_name_the_cache(tiny_voc, tmp_path, monkeypatch):
     assert str(cache_dir) in message and ".u8" in message
     assert "No space left on device" in message and "needs about" in message
     assert "MB are free" in message
+
+
+@pytest.mark.parametrize(
+    "damage", [_zero, lambda path: path.write_bytes(b"")], ids=["zeroed", "empty"]
+)
+def test_a_run_on_a_damaged_feature_cache_rebuilds_it_and_trains_as_before(
+    tiny_voc, tmp_path, damage
+):
+    """As a user meets it: the frozen recipe's second run finds its cached features damaged.
+    It says so, recomputes them, and trains exactly the run a clean cache gives."""
+    runs = tmp_path / "runs"
+    args = tiny_run_args(tiny_voc.root, runs, "--epochs", "1", "--tta", "none")
+    args[args.index("--weights") + 1] = "imagenet"  # a frozen backbone needs pretrained weights
+    args[args.index("--image-size") + 1] = "64"
+    args += ["--arch", "efficientnet_lite0", "--freeze-backbone", "--view", "crop"]
+    assert main_train.main([*args, "--run-name", "clean"]) == 0
+    feature_files = sorted((tmp_path / "cache" / "features").glob("*.pt"))
+    assert len(feature_files) == 2  # train and val
+    for path in feature_files:
+        damage(path)
+    logger = logging.getLogger("vocdata.cachefiles")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        assert main_train.main([*args, "--run-name", "again"]) == 0
+    finally:
+        logger.removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "the feature cache" in w and "is damaged" in w]) == 2
+    clean = np.load(runs / "clean" / "val_predictions.npz", allow_pickle=False)
+    again = np.load(runs / "again" / "val_predictions.npz", allow_pickle=False)
+    np.testing.assert_array_equal(again["scores"], clean["scores"])

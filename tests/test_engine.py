@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -382,3 +384,34 @@ def test_an_openvino_engine_dropped_on_another_thread_leaves_signals_safe():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "survived" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_frozen_run_scores_the_same_with_every_engine(tiny_voc, tmp_path):
+    """The default recipe (frozen Lite0, the whole view, the spatial maximum, flip TTA) trained
+    with each engine computing its features: the same val scores (to 1e-4), the same
+    per-class AP and val mAP to 4 decimals as with PyTorch itself."""
+    import main_train
+    from evaluation.metrics import UndefinedAPWarning, per_class_average_precision
+    from predictions import load_predictions
+    from tests.voc_fixture import tiny_run_args
+
+    args = tiny_run_args(tiny_voc.root, tmp_path / "runs", "--epochs", "2")
+    args[args.index("--weights") + 1] = "imagenet"  # a frozen backbone needs pretrained weights
+    args[args.index("--image-size") + 1] = "64"
+    args += ["--arch", "efficientnet_lite0", "--freeze-backbone", "--cache-dir", "none"]
+    results = {}
+    for name in ("torch", "onnxruntime", "openvino"):
+        assert main_train.main([*args, "--engine", name, "--run-name", name]) == 0
+        preds = load_predictions(tmp_path / "runs" / name / "val_predictions.npz")
+        assert preds.provenance["view"] == "whole" and preds.provenance["tta"] == "hflip"
+        results[name] = preds
+    reference = results["torch"]
+    warnings.simplefilter("ignore", UndefinedAPWarning)  # the tiny val lacks some classes
+    reference_ap = per_class_average_precision(reference.scores, reference.labels)
+    for name in ("onnxruntime", "openvino"):
+        got = results[name]
+        assert abs(got.scores - reference.scores).max() <= 1e-4, name
+        got_ap = per_class_average_precision(got.scores, got.labels)
+        np.testing.assert_array_equal(np.round(got_ap, 4), np.round(reference_ap, 4))
+        assert round(np.nanmean(got_ap), 4) == round(np.nanmean(reference_ap), 4)

@@ -195,6 +195,9 @@ def test_marks_round_trip_toggle_and_a_broken_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(MarksFileError, match=r"val_predictions\.marks\.json"):
         MarkStore(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)  # crafted: deeper than the JSON parser goes
+    with pytest.raises(MarksFileError, match="nested too deeply"):
+        MarkStore(path)
     path.write_text(json.dumps({"format": "voc-gui-marks/1", "marks": {"sofa": {"a": "??"}}}))
     with pytest.raises(MarksFileError, match="not a marks file"):
         MarkStore(path)
@@ -321,4 +324,3 @@ def test_a_marks_file_with_a_non_word_mark_is_refused_not_a_crash(tmp_path):
     path.write_text(json.dumps({"format": "voc-gui-marks/1", "marks": {"sofa": {"a": ["x"]}}}))
     with pytest.raises(MarksFileError, match="not a marks file"):
         MarkStore(path)
-

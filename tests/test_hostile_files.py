@@ -27,6 +27,7 @@ from predictions import Predictions, PredictionsFormatError, image_root_of, save
 from predictions.__main__ import main as predict_main
 from predictions.format import MAX_ARRAY_BYTES
 from tests.conftest import PROVENANCE, errors_of, snapshot
+from tests.refusals import assert_refused
 from tests.test_evaluation import make_run
 from vocdata import VOC_CLASSES, read_split
 from vocdata.paths import PROJECT_ROOT, UnsafePathError
@@ -43,19 +44,6 @@ def _command(module: str, *args: str) -> subprocess.CompletedProcess:
         timeout=TIMEOUT_S,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-
-
-def _assert_refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2 with one error line holding `words`, no traceback, no advice to unpickle."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-    assert len(errors) == 1, result.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    for advice in ("allow_pickle", "weights_only", "pickle=True"):
-        assert advice not in result.stderr
-    return errors[0]
 
 
 def _raw_npz(path: Path, **arrays: np.ndarray) -> Path:
@@ -85,7 +73,7 @@ def test_a_class_name_that_is_a_path_is_refused_and_nothing_is_written(tmp_path,
     evil_file = _raw_npz(work / "evil.npz", **_unlabelled_arrays(("cat", evil), ("a.jpg", "b.jpg")))
     before = snapshot(tmp_path)
     result = _command("evaluation", "--predictions", str(evil_file), "--k", "1")
-    _assert_refused(result, str(evil_file), "not a plain name")
+    assert_refused(result, str(evil_file), "not a plain name")
     assert snapshot(tmp_path) == before
     assert not list(tmp_path.rglob("escaped*"))
 
@@ -255,7 +243,7 @@ def test_a_small_archive_that_unpacks_to_gigabytes_is_refused_from_its_headers(t
         text=True,
         timeout=TIMEOUT_S,
     )
-    _assert_refused(result, str(bomb), "1.9 GiB", f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB")
+    assert_refused(result, str(bomb), "1.9 GiB", f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB")
     peak_mb = int(result.stderr.split("peak-kb ")[1].split()[0]) / 1024
     assert peak_mb < 600, f"{peak_mb:.0f} MB: the array was read"  # it holds 2,000 MB
 
@@ -263,7 +251,7 @@ def test_a_small_archive_that_unpacks_to_gigabytes_is_refused_from_its_headers(t
     fine = tmp_path / "fine.npz"
     _bomb(fine, 390_625, 20)  # 31 MB of scores, all zero
     result = _command("evaluation", "--predictions", str(fine))
-    _assert_refused(result, "scores have shape (390625, 20), expected (1, 20)")
+    assert_refused(result, "scores have shape (390625, 20), expected (1, 20)")
 
 
 def test_an_archive_whose_sizes_disagree_or_that_holds_objects_is_refused(tmp_path):
@@ -272,7 +260,7 @@ def test_an_archive_whose_sizes_disagree_or_that_holds_objects_is_refused(tmp_pa
     others = [_member(f"{k}.npy", arrays[k]) for k in ("files", "class_names", "provenance")]
     lying = tmp_path / "lying.npz"
     _zip(lying, [(name, data, crc, size + 4_000_000), *others])
-    _assert_refused(_command("evaluation", "--predictions", str(lying)), "is damaged", "scores")
+    assert_refused(_command("evaluation", "--predictions", str(lying)), "is damaged", "scores")
 
     marker = tmp_path / "code-ran"
     objects = np.empty(2, dtype=object)
@@ -282,7 +270,7 @@ def test_an_archive_whose_sizes_disagree_or_that_holds_objects_is_refused(tmp_pa
     pickle.loads(pickle.dumps(_Touch(tmp_path / "proof"))).close()  # unpickled, it runs
     assert (tmp_path / "proof").exists()
     result = _command("evaluation", "--predictions", str(evil))
-    _assert_refused(result, "Python objects", "never loaded")
+    assert_refused(result, "Python objects", "never loaded")
     assert not marker.exists()
 
 
@@ -331,7 +319,7 @@ def test_damaged_json_is_one_line_naming_the_file(tiny_voc, tmp_path, name, dama
     make_run(run_dir, read_split(tiny_voc.root, "val"))
     damage(run_dir)
     before = snapshot(run_dir)
-    line = _assert_refused(_command("evaluation", "--run", str(run_dir)), named)
+    line = assert_refused(_command("evaluation", "--run", str(run_dir)), named)
     assert "nested too deeply" in line or "not UTF-8" in line
     assert snapshot(run_dir) == before  # no report, no temporary folder
 
@@ -469,7 +457,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_scoring(
     blocker.write_text("a file where a folder should be")
     out = blocker / "scores.npz"
     result = _command("predictions", "--runs-dir", str(runs), "--model", "m", "--out", str(out))
-    _assert_refused(result, str(blocker), "not a writable folder")
+    assert_refused(result, str(blocker), "not a writable folder")
     assert "scoring" not in result.stderr and "images/s" not in result.stderr
 
 

@@ -12,6 +12,7 @@ marker file when unpickled: it must never appear.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -35,7 +36,8 @@ import torchvision
 
 import main_train
 from predictions import load_predictions
-from tests.conftest import errors_of, snapshot
+from tests.conftest import errors_of, snapshot, tracked_python_files
+from tests.refusals import UNPICKLE_ADVICE, assert_refused
 from tests.voc_fixture import TinyVoc, tiny_run_args, write_tiny_voc
 from training.backbones import (
     WeightsRefusedError,
@@ -52,8 +54,6 @@ TIMEOUT_S = 300
 HUB_NAME = (
     "resnet18-f37072fd.pth"  # torchvision's ResNet-18 ImageNet weights, as torch.hub names it
 )
-# torch's advice on a refused pickle; never passed on to the user
-ADVICE = ("weights_only", "can still be loaded", "trusted source", "safe_globals")
 
 
 class _Touch:
@@ -87,19 +87,6 @@ def _run(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         **kwargs,
     )
-
-
-def _refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2 with one error line holding `words`; no traceback, no advice to unpickle."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-    assert len(errors) == 1, result.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    for advice in ADVICE:
-        assert advice not in result.stderr, result.stderr
-    return errors[0]
 
 
 def _train_args(voc: TinyVoc, scratch: Path, *extra: str) -> list[str]:
@@ -155,7 +142,7 @@ def test_a_crafted_file_in_the_hub_cache_runs_no_code_and_is_refused(tiny_voc, t
 
     args = tiny_run_args(tiny_voc.root, tmp_path / "runs", "--epochs", "1", "--weights", "imagenet")
     result = _run("main_train.py", *args, env=env)
-    _refused(result, str(evil), "sha256", "f37072fd", "Delete it", "--weights none")
+    assert_refused(result, str(evil), "sha256", "f37072fd", "Delete it", "--weights none")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
     imagenet = tmp_path / "imagenet"  # one sample, so the prediction check reaches the weights
@@ -171,7 +158,7 @@ def test_a_crafted_file_in_the_hub_cache_runs_no_code_and_is_refused(tiny_voc, t
             *extra,
             env=env,
         )
-        _refused(result, str(evil), "sha256", "f37072fd")
+        assert_refused(result, str(evil), "sha256", "f37072fd")
         assert not out.exists()
     assert not marker.exists()
     assert evil.is_file()  # refused, not deleted: the user decides
@@ -187,7 +174,7 @@ def test_genuine_weights_under_a_hash_they_do_not_have_are_refused(tiny_voc, tmp
     args = tiny_run_args(tiny_voc.root, tmp_path / "runs", "--weights", "imagenet")
     result = _run("main_train.py", *args, env={"TORCH_HOME": str(torch_home)})
     found = hashlib.sha256(fake.read_bytes()).hexdigest()[:8]
-    _refused(result, str(fake), f"begins {found}, not f37072fd")
+    assert_refused(result, str(fake), f"begins {found}, not f37072fd")
     assert not (tmp_path / "runs").exists()
 
 
@@ -219,7 +206,7 @@ def test_the_hub_loader_downloads_checks_the_hash_then_reads_tensors_only(tmp_pa
     with pytest.raises(WeightsRefusedError, match="pickled Python objects") as info:
         hub_state_dict(f"https://example.invalid/evil-{evil_hash[:8]}.pth", "evil")
     assert not marker.exists()
-    assert not any(advice in str(info.value) for advice in ADVICE)
+    assert not any(advice in str(info.value) for advice in UNPICKLE_ADVICE)
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
@@ -299,7 +286,8 @@ def test_resume_latest_never_attaches_to_a_run_that_is_training(finished_run, tm
         # The first process has the run (its lock is taken before any image is read).
         before = snapshot(run_dir)
         result = _run("main_train.py", "--resume", "latest", "--runs-dir", str(runs))
-        _refused(result, str(run_dir), f"is being trained by pid {first.pid} on host", "since")
+        busy_words = (str(run_dir), f"is being trained by pid {first.pid} on host", "since")
+        assert_refused(result, *busy_words)
         assert snapshot(run_dir) == before
         busy = json.loads((run_dir / "run.lock").read_text())
         assert busy["pid"] == first.pid
@@ -412,7 +400,7 @@ def test_options_that_change_what_the_checkpoint_means_are_refused_on_resume(
     result = _run(
         "main_train.py", "--resume", "latest", "--runs-dir", str(runs), "--lr-head", "0.5"
     )
-    _refused(result, "--lr-head 0.5 differs from the run's own --lr-head 0.001", "--epochs")
+    assert_refused(result, "--lr-head 0.5 differs from the run's own --lr-head 0.001", "--epochs")
     assert snapshot(run_dir) == before
 
 
@@ -588,7 +576,7 @@ def test_a_write_that_fails_mid_run_is_one_message_and_the_run_resumes(
         *("--resume", "latest", "--runs-dir", str(runs), "--epochs", "2"),
         preexec_fn=_file_size_limit(limit_mb * 10**6),
     )
-    message = _refused(result, f"Cannot write {run_dir / file}", "File too large", "MB", kept)
+    message = assert_refused(result, f"Cannot write {run_dir / file}", "File too large", "MB", kept)
     assert f"--resume {run_dir}" in message
     assert "inline_container" not in result.stderr
     assert (run_dir / "checkpoint_last.pt").read_bytes() == checkpoint
@@ -626,7 +614,7 @@ def test_a_val_split_without_a_counted_positive_is_refused_before_training(tiny_
     labels[labels == 1] = 0
     _relabel(tiny_voc, "val", labels)
     result = _run(*_train_args(tiny_voc, tmp_path, "--epochs", "1"))
-    _refused(result, "val split", "no counted positive", "--difficult positive", "no model")
+    assert_refused(result, "val split", "no counted positive", "--difficult positive", "no model")
     assert not (tmp_path / "runs").exists()
 
 
@@ -673,14 +661,39 @@ def test_a_checkpoint_or_model_holding_code_is_refused_without_torchs_advice(
     marker = tmp_path / "code-ran"
     _evil_torch_file(run_dir / "checkpoint_last.pt", marker)
     result = _run("main_train.py", "--resume", "latest", "--runs-dir", str(runs))
-    _refused(result, "Cannot resume", "pickled Python objects", "io.open")
+    assert_refused(result, "Cannot resume", "pickled Python objects", "io.open")
 
     evil_weights = _evil_torch_file(tmp_path / "weights.pth", marker)
     result = _run(*_train_args(voc, tmp_path / "w", "--weights", str(evil_weights)))
-    _refused(result, str(evil_weights), "pickled Python objects")
+    assert_refused(result, str(evil_weights), "pickled Python objects")
 
     evil_model = _evil_torch_file(tmp_path / "model" / "model_best.pt", marker)
     result = _run("-m", "predictions", "--model", str(evil_model), "--voc-root", str(voc.root))
-    _refused(result, "not a model saved by main_train.py", "pickled Python objects")
+    assert_refused(result, "not a model saved by main_train.py", "pickled Python objects")
     assert not marker.exists()
     assert not (tmp_path / "model" / "predictions").exists()
+
+
+def test_every_torch_load_of_the_project_reads_tensors_only():
+    """No file is ever unpickled: every `torch.load` call in the project's code (tests aside)
+    passes `weights_only=True` literally, so a new call without it fails here."""
+    calls = []
+    for relative in tracked_python_files():
+        if relative.startswith("tests/"):
+            continue
+        tree = ast.parse((PROJECT_ROOT / relative).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                keywords = {k.arg: k.value for k in node.keywords}
+                safe = isinstance(keywords.get("weights_only"), ast.Constant) and (
+                    keywords["weights_only"].value is True
+                )
+                calls.append((f"{relative}:{node.lineno}", safe))
+    assert len(calls) >= 2, calls  # the checkpoint reader and the feature cache at least
+    assert [where for where, safe in calls if not safe] == []

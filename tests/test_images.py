@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gui.cam import network_pixels
 from predictions import load_predictions
+from vocdata.errors import ImageReadError
 from vocdata.images import TRANSPARENT_BACKGROUND, open_rgb, thumbnail_or_placeholder, to_rgb
 from vocdata.paths import PROJECT_ROOT
 
@@ -103,6 +105,8 @@ def test_open_rgb_and_thumbnails_turn_an_exif_rotated_photo_upright(tmp_path):
 
     thumb, reason = thumbnail_or_placeholder(path, (32, 32))
     assert reason is None and thumb.size == (32, 20)  # landscape, like the photo shown
+    # The activation map runs the network on the same upright pixels (same size: no resize).
+    np.testing.assert_array_equal(network_pixels(path, 40), expected)
 
 
 def test_a_sixteen_bit_png_is_opened_and_shown_like_its_eight_bit_twin(tmp_path):
@@ -118,6 +122,9 @@ def test_a_sixteen_bit_png_is_opened_and_shown_like_its_eight_bit_twin(tmp_path)
     twin_thumb, _ = thumbnail_or_placeholder(tmp_path / "twin.png", (25, 25))
     np.testing.assert_array_equal(np.asarray(deep_thumb), np.asarray(twin_thumb))
     assert np.asarray(deep_thumb).min() < 200  # not the all-white image of a clipped read
+    deep_map_input = network_pixels(tmp_path / "deep.png", 60)
+    np.testing.assert_array_equal(deep_map_input, network_pixels(tmp_path / "twin.png", 60))
+    assert deep_map_input.min() < 200
 
 
 # -- as a user meets it: python -m predictions --images ------------------------------------------
@@ -171,3 +178,26 @@ def test_every_mode_opens_as_eight_bit_rgb(tmp_path, mode):
     assert opened.mode == "RGB" and np.asarray(opened).shape == (8, 12, 3)
     if mode in ("I;16", "F"):
         np.testing.assert_array_equal(np.asarray(opened)[..., 0], pixels[..., 0])
+
+
+def test_odd_files_open_by_content_or_fail_naming_the_file(tmp_path, monkeypatch):
+    """A GIF named .jpg and a 1 x 1 image open as RGB; a symlink loop and a decompression bomb
+    are one ImageReadError naming the file (never a hang, never PIL's own exception)."""
+    gif = tmp_path / "really-a-gif.jpg"
+    Image.fromarray(_structured(6, 9)).convert("P").save(gif, format="GIF")
+    assert np.asarray(open_rgb(gif)).shape == (6, 9, 3)
+    tiny = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(tiny)
+    np.testing.assert_array_equal(np.asarray(open_rgb(tiny)), [[[10, 20, 30]]])
+
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(tmp_path / "loop.jpg")
+    with pytest.raises(ImageReadError, match=r"loop\.jpg"):
+        open_rgb(loop)
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (64, 64)).save(bomb)
+    # PIL refuses images above twice its pixel limit; lower the limit instead of writing GBs.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)
+    with pytest.raises(ImageReadError, match=r"bomb\.png"):
+        open_rgb(bomb)

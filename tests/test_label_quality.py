@@ -204,5 +204,7 @@ def test_bad_input_is_refused_with_a_message():
         rank_label_errors(np.zeros((2, 1)), np.array([[2], [1]]))
     with pytest.raises(ValueError, match="equal shape"):
         rank_label_errors(np.zeros((2, 1)), np.zeros((3, 1)))
-    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+    with pytest.raises(ValueError, match="NaN or infinity"):
         rank_class(np.array([0.5, np.nan]), np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        rank_class(np.array([0.5, 1.5]), np.array([1, 0]))

@@ -6,7 +6,6 @@ ImageNet classifier (replaced by a 20-output layer), and how to get its pretrain
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from training.torchfiles import (
     holds_python_objects,
     load_weights_only,
 )
+from vocdata.cachefiles import sha256_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,14 +85,6 @@ def name_hash_prefix(path: Path) -> str:
     if not found or not found.group(1):
         raise ValueError(f"{path.name} carries no sha256 prefix in its name")
     return found.group(1)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_hash(path: Path) -> None:

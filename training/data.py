@@ -143,20 +143,28 @@ def _split_cache(
     config: TrainConfig, voc_root: Path, split: VocSplit, context: DistContext
 ) -> ImageCache:
     """Rank 0 builds (or finds) the cache; the other processes open it once it is complete."""
-    arguments = (
+    if context.is_main:
+        cache = split_image_cache(config, voc_root, split)
+    barrier(context)
+    if not context.is_main:
+        cache = split_image_cache(config, voc_root, split, progress=False)
+    return cache
+
+
+def split_image_cache(
+    config: TrainConfig, voc_root: Path, split: VocSplit, *, progress: bool | None = None
+) -> ImageCache:
+    """The decoded images of `split` under --cache-dir at the evaluation resize, built (with
+    a progress bar as --progress says) or found and verified."""
+    return open_or_build_cache(
         resolve_project_path(config.cache_dir),
         split.name,
         voc_root,
         split.relative_paths,
         eval_resize_size(config.image_size),
         max(1, config.workers),
+        progress=config.progress if progress is None else progress,
     )
-    if context.is_main:
-        cache = open_or_build_cache(*arguments, progress=config.progress)
-    barrier(context)
-    if not context.is_main:
-        cache = open_or_build_cache(*arguments, progress=False)
-    return cache
 
 
 def run_label_fixes(

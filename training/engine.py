@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from vocdata.atomic import atomic_write
+from vocdata.cachefiles import sha256_of
 from vocdata.jsonio import JsonFileError, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -341,14 +342,6 @@ def graph_key(module: nn.Module, example: torch.Tensor, key: str, outputs: int) 
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cache_problem(graph: Path, manifest: Path, wanted: dict[str, Any]) -> str | None:
     """None when `graph` is the complete, unchanged export for `wanted`, else what is wrong."""
     try:
@@ -359,7 +352,7 @@ def _cache_problem(graph: Path, manifest: Path, wanted: dict[str, Any]) -> str |
         return "it was exported for another key"
     if not graph.is_file():
         return f"{graph.name} is missing"
-    if graph.stat().st_size != saved.get("bytes") or _sha256(graph) != saved.get("sha256"):
+    if graph.stat().st_size != saved.get("bytes") or sha256_of(graph) != saved.get("sha256"):
         return f"{graph.name} does not match its checksum (changed or cut short)"
     return None
 
@@ -397,7 +390,7 @@ def cached_onnx(
         {
             "key": wanted,
             "bytes": graph.stat().st_size,
-            "sha256": _sha256(graph),
+            "sha256": sha256_of(graph),
             "export_seconds": round(seconds, 3),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },

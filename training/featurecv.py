@@ -27,25 +27,23 @@ from evaluation.metrics import split_average_precision
 from predictions import scores_from_logits
 from training.config import TrainConfig
 from training.crossval import cv_estimate
+from training.data import split_image_cache
 from training.distributed import DistContext
 from training.features import FeaturePass, FeatureSet, image_source
 from training.folds import Fold, FoldsError, assign_folds, make_folds
 from training.frozen import head_epoch, validate_on_features
-from training.heads import PriorHead, resolve_head
+from training.heads import PriorHead
 from training.labelfixes import fixes_for_run, labels_for_ap
-from training.model import MultiLabelClassifier, build_classifier
+from training.model import MultiLabelClassifier
 from training.optim import build_optimizer, build_scheduler
 from training.records import finite_or_none
 from training.runtime import Runtime, configure_determinism
 from training.seed import derive_seed, seed_everything
-from training.trainer import runtime_for
-from vocdata.cache import open_or_build_cache
+from training.trainer import build_model, runtime_for
 from vocdata.classes import VOC_CLASSES
 from vocdata.dataset import load_split_checked
 from vocdata.download import ensure_voc_root
-from vocdata.paths import resolve_project_path
 from vocdata.splits import VocSplit, read_split, resolve_voc_root
-from vocdata.transforms import eval_resize_size
 
 # What a trial may change. Everything else (network, image size, difficult mode, batch size,
 # seed, folds) fixes the features or the folds, which are computed once for every trial.
@@ -104,29 +102,12 @@ def prepare(config: TrainConfig, folds: int) -> TrainFeatures:
         split = fixes.apply(split)
     targets, _ = split.targets_and_mask(config.difficult)
     assignment = assign_folds(targets, folds, config.seed)
-    head_kind = resolve_head(config.head, config.weights)
-    model = build_classifier(
-        config.arch,
-        len(VOC_CLASSES),
-        config.weights,
-        head=head_kind,
-        spatial_max=config.spatial_max,
-    )
+    model, head_kind = build_model(config)
     model.to(runtime.device, memory_format=runtime.memory_format)
     for param in model.backbone_parameters():
         param.requires_grad_(False)
     initial_head = copy.deepcopy(model.head.state_dict())
-    image_cache = None
-    if config.cache_dir:
-        image_cache = open_or_build_cache(
-            resolve_project_path(config.cache_dir),
-            split.name,
-            voc_root,
-            split.relative_paths,
-            eval_resize_size(config.image_size),
-            max(1, config.workers),
-            progress=config.progress,
-        )
+    image_cache = split_image_cache(config, voc_root, split) if config.cache_dir else None
     source = image_source(voc_root, split, config, image_cache)
     features = FeaturePass.of(model, config, runtime).features(source, config)
     return TrainFeatures(

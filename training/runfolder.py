@@ -35,7 +35,7 @@ from predictions.runs import (
 )
 from training.config import TrainConfig
 from training.provenance import collect_run_provenance
-from vocdata.atomic import atomic_write, probe_writable
+from vocdata.atomic import atomic_write, why_not_writable
 from vocdata.jsonio import write_json
 from vocdata.locks import LockFile
 from vocdata.paths import display_path, resolve_project_path
@@ -138,7 +138,7 @@ class RunLock:
         try:
             holder = json.loads((self.run_dir / LOCK_FILENAME).read_text(encoding="utf-8"))
             return f"pid {int(holder['pid'])} on host {holder['host']} since {holder['since']}"
-        except (OSError, ValueError, KeyError, TypeError):  # written a moment later
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # written later
             return "another process (it has not written its pid yet)"
 
     def release(self) -> None:
@@ -239,13 +239,11 @@ def check_resumable(run_dir: Path) -> None:
         raise RunFolderError(
             f"Cannot resume {folder}: its tensorboard is a file, not a folder; move it away"
         )
-    try:
-        probe_writable(run_dir)
-    except OSError as error:
+    if reason := why_not_writable(run_dir, create=False):
         raise RunFolderError(
-            f"Cannot resume {folder}: it is not writable ({error.strerror or error}). Make it "
-            f"writable (chmod u+w), or copy the run folder somewhere writable and resume that"
-        ) from error
+            f"Cannot resume {folder}: it is not writable ({reason}). Make it writable "
+            f"(chmod u+w), or copy the run folder somewhere writable and resume that"
+        )
 
 
 class RunLogHandler(logging.FileHandler):

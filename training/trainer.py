@@ -130,14 +130,7 @@ def build_training_parts(
     data = build_run_data(
         config, voc_root, context, pin_memory=runtime.device.type == "cuda", fold=fold
     )
-    head_kind = resolve_head(config.head, config.weights)
-    model = build_classifier(
-        config.arch,
-        len(VOC_CLASSES),
-        config.weights,
-        head=head_kind,
-        spatial_max=config.spatial_max,
-    )
+    model, head_kind = build_model(config)
     if model_hook is not None:
         model = model_hook(model)
     model.to(runtime.device, memory_format=runtime.memory_format)
@@ -152,6 +145,20 @@ def build_training_parts(
     scheduler = build_scheduler(optimizer, config, len(data.train_loader))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     return TrainingParts(data, model, optimizer, scheduler, scaler, head_kind)
+
+
+def build_model(config: TrainConfig) -> tuple[MultiLabelClassifier, str]:
+    """The run's classifier (on the CPU, weights as --weights says) and what --head resolved
+    to ('auto' -> prior or random); the trainer and the feature-level CV build it alike."""
+    head_kind = resolve_head(config.head, config.weights)
+    model = build_classifier(
+        config.arch,
+        len(VOC_CLASSES),
+        config.weights,
+        head=head_kind,
+        spatial_max=config.spatial_max,
+    )
+    return model, head_kind
 
 
 def restores_checkpoint(config: TrainConfig) -> bool:

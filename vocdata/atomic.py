@@ -156,3 +156,14 @@ def probe_writable(folder: str | os.PathLike[str]) -> None:
     os.close(handle)
     os.unlink(probe)
 
+
+def why_not_writable(folder: Path, *, create: bool = True) -> str | None:
+    """None when files can be written in `folder` (made first when `create`), else the reason
+    in a few words ("Permission denied"), for an error message that also says what to do."""
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probe_writable(folder)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

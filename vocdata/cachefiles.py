@@ -22,6 +22,7 @@ Ground floor of the house (no dependency on any other package of the project).
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -70,6 +71,15 @@ def entry_in_use(prefix: str | os.PathLike[str]) -> LockFile:
     to be acquired shared."""
     prefix = Path(prefix)
     return LockFile(prefix.with_name(prefix.name + IN_USE_SUFFIX))
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a whole file, read in 1 MiB blocks (a weights file, an exported network)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _chunk_sums(path: Path, chunk_bytes: int) -> tuple[int, list[int]]:

@@ -11,8 +11,9 @@ tile naming it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image file to an upright 8-bit RGB PIL image (see `to_rgb`), or raise
     ImageReadError naming the file."""
+    with _read_errors_named(path), Image.open(path) as image:
+        image.load()
+        return to_rgb(upright(image))
+
+
+@contextmanager
+def _read_errors_named(path: str | os.PathLike[str]) -> Iterator[None]:
+    """PIL's many ways of failing on a missing or damaged file, as one ImageReadError that
+    names the file and the fix."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(upright(image))
+        yield
     except FileNotFoundError as error:
         raise ImageReadError(f"Image missing: {path}. Restore it, or {SKIP_HINT}.") from error
     except IMAGE_READ_ERRORS as error:
@@ -144,16 +152,9 @@ _TURNED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and hei
 def upright_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of the image as `open_rgb` returns it, from the file's header alone
     (no pixels decoded): what a `whole` view needs to batch images by shape."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            turned = image.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED_ORIENTATIONS
-    except FileNotFoundError as error:
-        raise ImageReadError(f"Image missing: {path}. Restore it, or {SKIP_HINT}.") from error
-    except IMAGE_READ_ERRORS as error:
-        raise ImageReadError(
-            f"Cannot decode image {path} ({error}). Replace the file, or {SKIP_HINT}."
-        ) from error
+    with _read_errors_named(path), Image.open(path) as image:
+        width, height = image.size
+        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED_ORIENTATIONS
     return (height, width) if turned else (width, height)
 
 

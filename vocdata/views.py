@@ -105,4 +105,3 @@ def shape_batches(shapes: Sequence[tuple[int, int]], batch_size: int) -> list[li
         for rows in groups.values()
         for start in range(0, len(rows), batch_size)
     ]
-

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from evaluation.tables import markdown_table
 from training.backbones import (
@@ -23,6 +22,7 @@ from training.backbones import (
     get_backbone,
 )
 from training.model import MultiLabelClassifier
+from vocdata.images import open_rgb
 from vocdata.transforms import eval_transform
 from wsconv.convert import MODES, convert
 
@@ -59,8 +59,7 @@ def read_imagenet_samples(
     transform = eval_transform(image_size)
     images = []
     for row in rows:
-        with Image.open(folder / "images" / row["file"]) as image:
-            images.append(transform(image.convert("RGB")))
+        images.append(transform(open_rgb(folder / "images" / row["file"])))
     return torch.stack(images), np.array([int(row["class_index"]) for row in rows])
 
 
