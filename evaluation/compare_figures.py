@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from evaluation.compare_table import MarkedTable
-from evaluation.figures import WIDE
+from evaluation.figures import WIDE, tailacc_axes
 
 LANDSCAPE = (11.69, 8.27)  # A4, inches
 BEST_CELL_COLOUR = "#d9f2d9"
@@ -170,14 +170,6 @@ def tailacc_overlay_figure(
         means, classes, names, run_colours(len(names)), strict=True
     ):
         ax.plot(share, mean, "o-", color=colour, label=f"{plain(name)} ({count} classes)")
-    ax.invert_xaxis()
-    ax.set(
-        xlabel="share of the class's images scored above 0.5 that are kept (%)  "
-        "(threshold t rises to the right)",
-        ylabel="Tailacc(t), mean over classes",
-        title="Tailacc: accuracy on the most confident images",
-        ylim=(-0.02, 1.02),
-    )
-    ax.grid(alpha=0.3)
+    tailacc_axes(ax, "Tailacc(t), mean over classes")
     ax.legend(fontsize=8, loc="lower left")
     return figure

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from evaluation.tailacc import TailaccCurves
@@ -114,17 +115,23 @@ def tailacc_figure(curves: TailaccCurves, class_names: Sequence[str]) -> Figure:
             va="center",
             fontsize=11,
         )
+    tailacc_axes(ax, "Tailacc(t)")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    return figure
+
+
+def tailacc_axes(ax: Axes, ylabel: str) -> None:
+    """The axes every Tailacc figure shares (one run's, the comparison's): the share of a
+    class's above-0.5 images kept on x, decreasing, so the threshold rises to the right."""
     ax.invert_xaxis()
     ax.set(
         xlabel="share of the class's images scored above 0.5 that are kept (%)  "
         "(threshold t rises to the right)",
-        ylabel="Tailacc(t)",
+        ylabel=ylabel,
         title="Tailacc: accuracy on the most confident images",
         ylim=(-0.02, 1.02),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
-    return figure
 
 
 def table_figure(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from evaluation.metrics import as_ranking_inputs
+from evaluation.metrics import as_ranking_inputs, validate_score_matrix
 from vocdata.splits import DifficultMode, targets_and_mask
 
 # The mean of equal float64 values can differ from them by a rounding error; a probability this
@@ -161,15 +161,7 @@ def rank_label_errors(
     """Every class of a predictions file: `scores` (N, C) held-out probabilities, `labels`
     (N, C) VOC labels (1 present, 0 difficult, −1 absent); difficult labels follow
     `difficult` (under `ignore` they are not ranked)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if scores.ndim != 2 or labels.shape != scores.shape:
-        raise ValueError(
-            f"scores and labels must be (N, C) of equal shape, got {scores.shape} and "
-            f"{labels.shape}"
-        )
-    if not np.isin(labels, (-1, 0, 1)).all():
-        raise ValueError("labels must be VOC labels: 1 present, 0 difficult, -1 absent")
+    scores, labels, _ = validate_score_matrix(scores, labels, None)
     targets, mask = targets_and_mask(labels, difficult)
     return [
         rank_class(scores[:, c], targets[:, c] > 0, mask[:, c] > 0) for c in range(scores.shape[1])

@@ -4,6 +4,7 @@ temporaries are cleaned up, and errors name the cache."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,20 @@ def _assert_pixels_are_the_images(cache, voc: TinyVoc) -> None:
 
 def _with_suffix(prefix: Path, suffix: str) -> Path:
     return prefix.with_name(prefix.name + suffix)
+
+
+@contextlib.contextmanager
+def _warnings_of(logger_name: str) -> Iterator[list[str]]:
+    """The warnings one logger emits inside the block, whatever level the root logger is at."""
+    warnings: list[str] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield warnings
+    finally:
+        logger.removeHandler(handler)
 
 
 def _zero(path: Path) -> None:
@@ -120,17 +135,10 @@ def test_a_run_on_a_zeroed_cache_rebuilds_it_and_predicts_from_the_true_pixels(t
         _zero(pixels)
         damaged.append(pixels)
     assert damaged
-    logger = logging.getLogger("vocdata.cache")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with _warnings_of("vocdata.cache") as warnings:
         args = tiny_run_args(tiny_voc.root, runs, "--epochs", "1", "--run-name", "again")
         assert main_train.main(args) == 0
-    finally:
-        logger.removeHandler(handler)
-    assert any(r.levelno == logging.WARNING and "is damaged" in r.getMessage() for r in records)
+    assert any("is damaged" in warning for warning in warnings)
     # The stored predictions are what the saved model gives on the real images.
     assert_run_scores_match_saved_model(runs / "again", tiny_voc.root)
 
@@ -276,16 +284,8 @@ def test_a_run_on_a_damaged_feature_cache_rebuilds_it_and_trains_as_before(
     assert len(feature_files) == 2  # train and val
     for path in feature_files:
         damage(path)
-    logger = logging.getLogger("vocdata.cachefiles")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with _warnings_of("vocdata.cachefiles") as warnings:
         assert main_train.main([*args, "--run-name", "again"]) == 0
-    finally:
-        logger.removeHandler(handler)
-    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert len([w for w in warnings if "the feature cache" in w and "is damaged" in w]) == 2
     clean = np.load(runs / "clean" / "val_predictions.npz", allow_pickle=False)
     again = np.load(runs / "again" / "val_predictions.npz", allow_pickle=False)

@@ -202,7 +202,7 @@ def test_planted_flips_come_first():
 def test_bad_input_is_refused_with_a_message():
     with pytest.raises(ValueError, match="VOC labels"):
         rank_label_errors(np.zeros((2, 1)), np.array([[2], [1]]))
-    with pytest.raises(ValueError, match="equal shape"):
+    with pytest.raises(ValueError, match="of one shape"):
         rank_label_errors(np.zeros((2, 1)), np.zeros((3, 1)))
     with pytest.raises(ValueError, match="NaN or infinity"):
         rank_class(np.array([0.5, np.nan]), np.array([1, 0]))
