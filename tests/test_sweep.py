@@ -17,6 +17,7 @@ import training.sweep as sweep_module
 from predictions import load_predictions
 from tests.conftest import errors_of, snapshot
 from tests.voc_fixture import tiny_run_args
+from training.crossval import cv_estimate
 from vocdata.classes import VOC_CLASSES
 from vocdata.paths import resolve_project_path
 
@@ -76,10 +77,19 @@ def test_a_trials_cv_estimate_is_what_main_train_folds_reports(tiny_voc, tmp_pat
     args = tiny_run_args(tiny_voc.root, runs, *LITE0, "--folds", "2", "--run-name", "cv")
     assert main_train.main([*args, *options]) == 0
     crossval = json.loads((runs / "cv" / "crossval.json").read_text())
-    assert trial["cv_map_mean"] == crossval["cv_map_mean"]  # bit for bit
-    assert trial["cv_map_std"] == crossval["cv_map_std"]
+    # Each fold model at the epoch it chose on its held-out fold: what --folds reports.
+    assert trial["cv_best_epoch_mean"] == crossval["cv_map_mean"]  # bit for bit
+    assert trial["cv_best_epoch_std"] == crossval["cv_map_std"]
     assert trial["fold_heldout_map"] == crossval["fold_heldout_map"]
     assert trial["fold_epochs"] == crossval["fold_epochs"]
+    # The objective: each fold model at its last epoch, as its history.json records it.
+    last = [
+        json.loads((runs / "cv" / "folds" / str(k) / "history.json").read_text())[-1]["val_map"]
+        for k in (1, 2)
+    ]
+    assert trial["fold_last_map"] == last
+    assert (trial["cv_map_mean"], trial["cv_map_std"]) == cv_estimate(last)
+    assert trial["cv_map_mean"] <= trial["cv_best_epoch_mean"]  # a best is never below the last
 
 
 def test_a_sweep_resumes_without_repeating_a_finished_trial(tiny_voc, tmp_path, monkeypatch):
@@ -222,6 +232,7 @@ def test_a_fine_tuning_sweep_when_asked_runs_real_k_fold_trials(tiny_voc, tmp_pa
     assert _sweep(*argv, "--search", "lr_backbone", "tta", *base) == 0
     (trial,) = _report(out)["trials"]
     crossval = json.loads((out / "trials" / "trial-0" / "crossval.json").read_text())
-    assert trial["cv_map_mean"] == crossval["cv_map_mean"]
+    assert trial["cv_best_epoch_mean"] == crossval["cv_map_mean"]
+    assert trial["cv_map_mean"] == crossval["cv_map_mean"]  # one epoch: the last is the best
     config = json.loads((out / "trials" / "trial-0" / "config.json").read_text())
     assert config["lr_backbone"] == trial["params"]["lr_backbone"] and config["folds"] == 2

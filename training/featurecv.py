@@ -77,13 +77,27 @@ class TrainFeatures:
 
 @dataclass(frozen=True)
 class CVResult:
-    """The CV estimate of one configuration, as `crossval.json` states it."""
+    """The CV estimates of one configuration: each fold model at the epoch it chose on its own
+    held-out fold (`fold_heldout_map`, `cv_map_mean`: what `crossval.json` states), and each
+    at its last epoch (`fold_last_map`, `last_mean`: what a model trained on all of train,
+    which has no held-out part to choose an epoch on, is estimated to score)."""
 
     fold_heldout_map: list[float]
     fold_epochs: list[int | None]
     cv_map_mean: float | None
     cv_map_std: float | None
     seconds: float
+    fold_last_map: list[float | None]
+
+    @property
+    def last_mean(self) -> float | None:
+        if any(value is None for value in self.fold_last_map):
+            return None  # a fold without a defined mAP: no estimate (as --folds refuses it)
+        return finite_or_none(cv_estimate(self.fold_last_map)[0])
+
+    @property
+    def last_std(self) -> float | None:
+        return finite_or_none(cv_estimate(self.fold_last_map)[1])
 
 
 def prepare(config: TrainConfig, folds: int) -> TrainFeatures:
@@ -129,9 +143,12 @@ def _rows(split: VocSplit, rows: np.ndarray) -> VocSplit:
     return split.subset(keep)
 
 
-def _fold_best(shared: TrainFeatures, config: TrainConfig, fold: Fold) -> tuple[float, int | None]:
+def _fold_best(
+    shared: TrainFeatures, config: TrainConfig, fold: Fold
+) -> tuple[float, int | None, float | None]:
     """One fold model, as `Trainer(fold=...)` trains it with a frozen backbone: its best
-    held-out mAP (-inf if no epoch had one) and that epoch."""
+    held-out mAP (-inf if no epoch had one), that epoch, and its held-out mAP at the last
+    epoch."""
     model, device = shared.model, shared.runtime.device
     model.head.load_state_dict(shared.initial_head)
     train_split = _rows(shared.split, fold.train_rows)
@@ -168,7 +185,7 @@ def _fold_best(shared: TrainFeatures, config: TrainConfig, fold: Fold) -> tuple[
         value = finite_or_none(value)
         if value is not None and value > best_map:
             best_map, best_epoch = value, epoch
-    return best_map, best_epoch
+    return best_map, best_epoch, value
 
 
 def cross_validate(shared: TrainFeatures, config: TrainConfig) -> CVResult:
@@ -185,9 +202,10 @@ def cross_validate(shared: TrainFeatures, config: TrainConfig) -> CVResult:
     if changed:
         raise ValueError(f"{changed} differ from the options the features were made with")
     started = time.perf_counter()
-    maps, epochs = [], []
+    maps, epochs, last = [], [], []
     for fold in shared.folds:
-        best_map, best_epoch = _fold_best(shared, config, fold)
+        best_map, best_epoch, last_map = _fold_best(shared, config, fold)
+        last.append(last_map)
         if not math.isfinite(best_map):  # where `--folds` stops too
             raise FoldsError(
                 f"fold {fold.number} had no epoch with a defined held-out mAP (no positive in "
@@ -202,4 +220,5 @@ def cross_validate(shared: TrainFeatures, config: TrainConfig) -> CVResult:
         cv_map_mean=finite_or_none(mean),
         cv_map_std=finite_or_none(std),
         seconds=time.perf_counter() - started,
+        fold_last_map=last,
     )

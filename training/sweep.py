@@ -6,7 +6,10 @@ split, never by the val split, then train the chosen recipe once and score val o
 
 Options after `--` are `main_train.py`'s and fix the base recipe; each trial changes the
 searched options (`--search`, default SEARCH_DEFAULT) and is scored by its CV estimate: the mean
-held-out mAP of K fold models on the train split, the number `main_train.py --folds K` reports.
+held-out mAP of K fold models on the train split, each at its last epoch — as the final model,
+trained on all of train with nothing held out to choose an epoch on, will be used. (The number
+`main_train.py --folds K` reports, each fold at the epoch it chose on its held-out part, is
+recorded beside it.)
 With the default frozen backbone it is computed on cached features (`training.featurecv`): one
 feature pass, then a trial costs seconds. Optuna's TPE sampler (seeded by `--seed`) proposes the
 trials; the study lives in an SQLite file in the sweep folder, so `--resume` continues it
@@ -34,7 +37,12 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from predictions.runs import CROSSVAL_FILENAME, RunNotFoundError
+from predictions.runs import (
+    CROSSVAL_FILENAME,
+    FOLDS_DIRNAME,
+    HISTORY_FILENAME,
+    RunNotFoundError,
+)
 from training.backbones import WeightsUnavailableError
 from training.config import TrainConfig
 from training.config_checks import ConfigError
@@ -114,7 +122,10 @@ def finished_trials(study) -> list:
 
 
 def _record(trial, result: CVResult) -> None:
-    trial.set_user_attr("cv_map_std", result.cv_map_std)
+    trial.set_user_attr("cv_map_std", result.last_std)
+    trial.set_user_attr("fold_last_map", result.fold_last_map)
+    trial.set_user_attr("cv_best_epoch_mean", result.cv_map_mean)
+    trial.set_user_attr("cv_best_epoch_std", result.cv_map_std)
     trial.set_user_attr("fold_heldout_map", result.fold_heldout_map)
     trial.set_user_attr("fold_epochs", result.fold_epochs)
     trial.set_user_attr("seconds", result.seconds)
@@ -137,12 +148,18 @@ def fine_tune_trial(sweep_dir: Path, config: TrainConfig, folds: int, number: in
         )
     )
     summary = read_json(run_dir / CROSSVAL_FILENAME, "a k-fold run's crossval.json", dict)
+    last = []
+    for number in range(1, folds + 1):  # each fold model's held-out mAP at its last epoch
+        history = run_dir / FOLDS_DIRNAME / str(number) / HISTORY_FILENAME
+        records = read_json(history, "a fold model's history.json", list)
+        last.append(records[-1]["val_map"] if records else None)
     return CVResult(
         fold_heldout_map=list(summary["fold_heldout_map"]),
         fold_epochs=list(summary["fold_epochs"]),
         cv_map_mean=summary["cv_map_mean"],
         cv_map_std=summary["cv_map_std"],
         seconds=time.perf_counter() - started,
+        fold_last_map=last,
     )
 
 
@@ -195,6 +212,11 @@ def run_trials(
                     result = cross_validate(shared, config)
                 else:
                     result = fine_tune_trial(sweep_dir, config, setup.folds, trial.number)
+                if result.last_mean is None:
+                    raise FoldsError(
+                        "a fold model has no defined held-out mAP at its last epoch (no "
+                        "positive in its held-out images): use fewer folds"
+                    )
             except KeyboardInterrupt:
                 trial.set_user_attr("error", "interrupted")
                 study.tell(trial, state=TrialState.FAIL)
@@ -213,16 +235,22 @@ def run_trials(
                 session["trials_seconds"] = time.perf_counter() - started
             failed_in_a_row = 0
             _record(trial, result)
-            study.tell(trial, result.cv_map_mean)
+            # The objective: each fold model at its last epoch, as the final run will be
+            # used. A fold's best epoch is chosen on its held-out part, which the final run on
+            # all of train does not have: scored that way, a recipe that peaks early and then
+            # over-fits looks better than the final model it gives.
+            study.tell(trial, result.last_mean)
             done += 1
             bar.update(1)
             best = study.best_trial
             bar.set_postfix(best=f"{best.value:.4f} (trial {best.number})")
             log.info(
-                "trial %d: CV mAP %.4f ± %.4f (%s) in %.1f s",
+                "trial %d: CV mAP %.4f ± %.4f at the last epoch (%.4f at each fold's best) "
+                "(%s) in %.1f s",
                 trial.number,
+                result.last_mean,
+                result.last_std if result.last_std is not None else math.nan,
                 result.cv_map_mean,
-                result.cv_map_std if result.cv_map_std is not None else math.nan,
                 _describe(params),
                 result.seconds,
             )
