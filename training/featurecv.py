@@ -7,7 +7,9 @@ folders, models on disk or the val split: the features of the whole train split 
 computed) once by `prepare`, then `cross_validate` trains each fold's head exactly as the
 trainer does (the same folds from `--seed`, the same starting head, the same optimizer,
 schedule, epoch seeds, `head_epoch` and `validate_on_features`), so on the same machine it
-returns the very numbers `crossval.json` reports (tests/test_sweep.py checks it).
+returns the very numbers `crossval.json` reports (tests/test_sweep.py checks it). It also
+returns each fold model's held-out mAP at its last epoch, the sweep's objective: the final
+model, trained on all of train, has nothing held out to choose an epoch on.
 
 Only the train split is read: the val split's labels are never opened here.
 """
