@@ -442,3 +442,41 @@ def test_images_come_only_from_inside_the_root_and_the_window_names_it(display, 
         screenshot("09-outside-the-root.png")
     finally:
         app.close()
+
+
+def test_an_exported_view_never_hands_a_spreadsheet_a_formula(display, tiny_voc, tmp_path):
+    """As a user meets it: photos scored from a folder keep their own names, and a name that
+    starts like a formula (= + - @) is written to the CSV as text, never as a formula."""
+    hostile = ["=HYPERLINK(1).jpg", "@SUM(1).jpg", "+1.jpg", "-1.jpg"]
+    for name in hostile:
+        Image.new("RGB", (48, 40), (20, 120, 200)).save(tiny_voc.root / name)
+    val = read_split(tiny_voc.root, "val")
+    files = (*hostile, *val.relative_paths)
+    predictions = Predictions(
+        np.linspace(0.99, 0.01, len(files))[:, None].repeat(len(VOC_CLASSES), 1).astype(np.float32),
+        np.concatenate([np.ones((len(hostile), len(VOC_CLASSES)), np.int8), val.labels]),
+        files,
+        VOC_CLASSES,
+        {
+            "arch": "resnet18",
+            "weights": "none",
+            "epoch": 1,
+            "val_map": 0.5,
+            "seed": 0,
+            "difficult": "ignore",
+            "created": "2026-11-30T12:00:00+00:00",
+        },
+    )
+    run = tmp_path / "run"
+    save_predictions(run / "val_predictions.npz", predictions)
+    app, _ = open_with("--predictions", str(run), "--voc-root", str(tiny_voc.root))
+    try:
+        assert shown(app)[: len(hostile)] == hostile  # shown under their own names
+        path = app.export_view()
+    finally:
+        app.close()
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    cells = [row["file"] for row in rows[: len(hostile)]]
+    assert cells == ["'" + name for name in hostile]  # text to a spreadsheet, the name kept
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
