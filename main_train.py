@@ -13,7 +13,7 @@ from training import config_from_argv, run
 from training.backbones import WeightsUnavailableError
 from training.config_checks import ConfigError
 from training.runfolder import RunFolderError, TrainingInterrupted
-from vocdata.errors import VocDataError, describe_os_error
+from vocdata.errors import VocDataError, describe_error
 from vocdata.jsonio import JsonFileError
 
 # Problems with what the user typed or has on disk: one line on stderr and exit code 2.
@@ -28,11 +28,6 @@ USER_ERRORS = (
 )
 
 
-def describe(error: Exception) -> str:
-    """One line for a person; an OSError from deep inside names its file and reason."""
-    return describe_os_error(error) if isinstance(error, OSError) else str(error)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("main_train")
@@ -40,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_argv(argv)
         run_dir = run(config)
     except USER_ERRORS as error:
-        log.error("%s", describe(error))
+        log.error("%s", describe_error(error))
         return 2
     except TrainingInterrupted as stop:
         log.error("%s", stop.message())

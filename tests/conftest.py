@@ -142,35 +142,42 @@ def imagenet_samples() -> Path:
     return IMAGENET_SAMPLES
 
 
-def assert_run_scores_match_saved_model(
-    run_dir: Path, voc_root: Path, atol: float = 1e-6
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Reload `run_dir`'s best model, predict the val split in order, and compare with the
-    run's predictions file; returns the saved checkpoint's metadata and the fresh scores."""
+def saved_model_scores(model_path: Path, voc_root: Path, split: str, tta: str) -> np.ndarray:
+    """A saved model's scores of every image of `split`, in order, the crop view; for `tta`
+    'hflip' the mirror image's logits averaged in. Written out here, not through training's
+    TTA or scoring code, so a test compares the trainer with an independent reading."""
     import torch
     from torch.utils.data import DataLoader
 
-    from predictions import load_predictions
     from training.checkpoint import load_model
     from vocdata import read_split
     from vocdata.dataset import VocClassification
     from vocdata.transforms import eval_transform
 
-    predictions = load_predictions(run_dir / "val_predictions.npz")
-    model, saved = load_model(run_dir / "model_best.pt")
-    val = read_split(voc_root, "val")
-    dataset = VocClassification(voc_root, val, "ignore", eval_transform(saved["image_size"]))
-    flip = predictions.provenance.get("tta", "none") == "hflip"
+    model, saved = load_model(model_path)
+    images_of = read_split(voc_root, split)
+    dataset = VocClassification(voc_root, images_of, "ignore", eval_transform(saved["image_size"]))
 
     def logits(images: torch.Tensor) -> torch.Tensor:
-        # Written out here (not training's TTA code): the mirror image's logits averaged in.
-        if not flip:
-            return model(images)
-        return (model(images) + model(images.flip(-1))) / 2
+        return model(images) if tta == "none" else (model(images) + model(images.flip(-1))) / 2
 
     with torch.no_grad():
-        scores = torch.cat(
+        return torch.cat(
             [torch.sigmoid(logits(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
         ).numpy()
+
+
+def assert_run_scores_match_saved_model(
+    run_dir: Path, voc_root: Path, atol: float = 1e-6
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Reload `run_dir`'s best model, predict the val split in order, and compare with the
+    run's predictions file; returns the saved checkpoint's metadata and the fresh scores."""
+    from predictions import load_predictions
+    from training.checkpoint import load_model
+
+    predictions = load_predictions(run_dir / "val_predictions.npz")
+    _, saved = load_model(run_dir / "model_best.pt")
+    tta = predictions.provenance.get("tta", "none")
+    scores = saved_model_scores(run_dir / "model_best.pt", voc_root, "val", tta)
     np.testing.assert_allclose(predictions.scores, scores, atol=atol)
     return saved, scores

@@ -16,6 +16,7 @@ from evaluation.__main__ import main as evaluation_main
 from predictions import load_predictions
 from predictions.__main__ import main as predictions_main
 from predictions.ensemble import combine_scores
+from tests.conftest import saved_model_scores
 from tests.voc_fixture import TinyVoc, tiny_run_args
 from training.checkpoint import load_model, load_trusted
 from training.crossval import cv_estimate
@@ -111,23 +112,6 @@ def _strip(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
 
-def _model_scores(model_path: Path, voc_root: Path, tta: str) -> np.ndarray:
-    """The saved model on the val split, with the mirror image's logits averaged in for
-    `tta` 'hflip' (written out here, not through training's TTA code)."""
-    model, saved = load_model(model_path)
-    dataset = VocClassification(
-        voc_root, read_split(voc_root, "val"), "ignore", eval_transform(saved["image_size"])
-    )
-
-    def logits(images: torch.Tensor) -> torch.Tensor:
-        return model(images) if tta == "none" else (model(images) + model(images.flip(-1))) / 2
-
-    with torch.no_grad():
-        return torch.cat(
-            [torch.sigmoid(logits(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
-        ).numpy()
-
-
 @pytest.mark.slow
 def test_fold_run_scores_val_with_the_average_of_its_fold_models(tiny_voc, tmp_path, capsys):
     runs = tmp_path / "runs"
@@ -158,7 +142,9 @@ def test_fold_run_scores_val_with_the_average_of_its_fold_models(tiny_voc, tmp_p
         own = load_predictions(fold_dir / "val_predictions.npz")
         np.testing.assert_allclose(
             own.scores,
-            _model_scores(fold_dir / "model_best.pt", tiny_voc.root, own.provenance["tta"]),
+            saved_model_scores(
+                fold_dir / "model_best.pt", tiny_voc.root, "val", own.provenance["tta"]
+            ),
             atol=1e-6,
         )
         fold_scores.append(own.scores)

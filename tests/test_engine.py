@@ -263,35 +263,20 @@ def test_an_engine_that_disagrees_with_torch_is_not_used(tmp_path, monkeypatch, 
 
 
 def test_an_explicit_engine_that_is_not_installed_is_a_clear_error(tmp_path, monkeypatch):
+    def build(name: str, device: torch.device = CPU):
+        example = _images(1, 3, 32, 32)
+        return build_engine(
+            _model(), name, example=example, cache_dir=tmp_path, key="k", device=device
+        )
+
     _hide(monkeypatch, "openvino")
     with pytest.raises(EngineError, match=r"--engine openvino needs the pip package openvino"):
-        build_engine(
-            _model(),
-            "openvino",
-            example=_images(1, 3, 32, 32),
-            cache_dir=tmp_path,
-            key="k",
-            device=CPU,
-        )
+        build("openvino")
     _hide(monkeypatch, "onnx")
     with pytest.raises(EngineError, match=r"needs the pip package onnx \(torch's ONNX exporter"):
-        build_engine(
-            _model(),
-            "onnxruntime",
-            example=_images(1, 3, 32, 32),
-            cache_dir=tmp_path,
-            key="k",
-            device=CPU,
-        )
+        build("onnxruntime")
     with pytest.raises(EngineError, match="runs on the CPU, but the device is cuda"):
-        build_engine(
-            _model(),
-            "onnxruntime",
-            example=_images(1, 3, 32, 32),
-            cache_dir=tmp_path,
-            key="k",
-            device=torch.device("cuda"),
-        )
+        build("onnxruntime", torch.device("cuda"))
     assert not (tmp_path / "engines").exists()
 
 

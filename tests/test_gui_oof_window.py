@@ -25,6 +25,7 @@ from gui.model import View
 from gui.options import build_parser
 from gui.review import marks_path
 from predictions import Predictions, save_predictions
+from tests.conftest import PROVENANCE
 from tests.test_camsource import fake_model_file
 from tests.test_gui_review_window import press_key
 from tests.test_gui_window import screenshot, shown, write_run
@@ -365,30 +366,23 @@ def test_the_export_and_save_guards_themselves(display, tiny_voc, tmp_path):
         app.close()
 
 
+def _run_with_images_first(voc, run: Path, names: list[str]) -> Path:
+    """A run folder whose predictions rank the images `names` (labelled present in every
+    class) first, then the val split."""
+    val = read_split(voc.root, "val")
+    files = (*names, *val.relative_paths)
+    scores = np.linspace(0.99, 0.01, len(files))[:, None].repeat(len(VOC_CLASSES), 1)
+    labels = np.concatenate([np.ones((len(names), len(VOC_CLASSES)), np.int8), val.labels])
+    predictions = Predictions(scores.astype(np.float32), labels, files, VOC_CLASSES, PROVENANCE)
+    save_predictions(run / "val_predictions.npz", predictions)
+    return run
+
+
 def test_a_file_name_that_is_not_utf8_keeps_the_gui_running(display, tiny_voc, tmp_path):
     raw = b"\xff\xfenot-utf8.jpg"
     Image.new("RGB", (48, 40), (20, 120, 200)).save(tiny_voc.root / "JPEGImages" / os.fsdecode(raw))
     name = "JPEGImages/" + os.fsdecode(raw)
-    val = read_split(tiny_voc.root, "val")
-    predictions = Predictions(
-        np.linspace(0.99, 0.01, len(val) + 1)[:, None]
-        .repeat(len(VOC_CLASSES), 1)
-        .astype(np.float32),
-        np.concatenate([np.ones((1, len(VOC_CLASSES)), np.int8), val.labels]),
-        (name, *val.relative_paths),
-        VOC_CLASSES,
-        {
-            "arch": "resnet18",
-            "weights": "none",
-            "epoch": 1,
-            "val_map": 0.5,
-            "seed": 0,
-            "difficult": "ignore",
-            "created": "2026-11-24T12:00:00+00:00",
-        },
-    )
-    run = tmp_path / "run"
-    save_predictions(run / "val_predictions.npz", predictions)
+    run = _run_with_images_first(tiny_voc, tmp_path / "run", [name])
     app, _ = open_with(
         "--predictions", str(run), "--voc-root", str(tiny_voc.root), "--rows", "1"
     )  # fmt: skip
@@ -450,25 +444,7 @@ def test_an_exported_view_never_hands_a_spreadsheet_a_formula(display, tiny_voc,
     hostile = ["=HYPERLINK(1).jpg", "@SUM(1).jpg", "+1.jpg", "-1.jpg"]
     for name in hostile:
         Image.new("RGB", (48, 40), (20, 120, 200)).save(tiny_voc.root / name)
-    val = read_split(tiny_voc.root, "val")
-    files = (*hostile, *val.relative_paths)
-    predictions = Predictions(
-        np.linspace(0.99, 0.01, len(files))[:, None].repeat(len(VOC_CLASSES), 1).astype(np.float32),
-        np.concatenate([np.ones((len(hostile), len(VOC_CLASSES)), np.int8), val.labels]),
-        files,
-        VOC_CLASSES,
-        {
-            "arch": "resnet18",
-            "weights": "none",
-            "epoch": 1,
-            "val_map": 0.5,
-            "seed": 0,
-            "difficult": "ignore",
-            "created": "2026-11-30T12:00:00+00:00",
-        },
-    )
-    run = tmp_path / "run"
-    save_predictions(run / "val_predictions.npz", predictions)
+    run = _run_with_images_first(tiny_voc, tmp_path / "run", hostile)
     app, _ = open_with("--predictions", str(run), "--voc-root", str(tiny_voc.root))
     try:
         assert shown(app)[: len(hostile)] == hostile  # shown under their own names

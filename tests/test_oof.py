@@ -9,21 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import DataLoader
 
 import main_train
 from evaluation.label_quality import rank_label_errors
 from gui.camsource import cam_source_for
 from predictions import load_predictions
 from predictions.provenance import check_provenance
+from tests.conftest import saved_model_scores
 from tests.voc_fixture import TinyVoc, tiny_run_args, write_tiny_voc
-from training.checkpoint import load_model, load_trusted
+from training.checkpoint import load_trusted
 from vocdata import read_split
 from vocdata.classes import VOC_CLASSES
-from vocdata.dataset import VocClassification
 from vocdata.paths import resolve_project_path
-from vocdata.transforms import eval_transform
 
 OOF = "train_oof_predictions.npz"
 
@@ -50,22 +47,6 @@ def fold_run(tmp_path_factory) -> tuple[TinyVoc, Path, list[tuple[int, int]], li
     args += ["--label-fixes", str(base / "marks.json"), "--label-fix-mode", "flip"]
     assert main_train.main([*args, "--run-name", "whole"]) == 0
     return voc, base / "runs" / "whole", picked, args
-
-
-def _rescored(model_path: Path, voc_root: Path, tta: str) -> np.ndarray:
-    """The saved model on every train image, the mirror image's logits averaged in for
-    'hflip' (written out here, not through training's TTA code)."""
-    model, saved = load_model(model_path)
-    train = read_split(voc_root, "train")
-    dataset = VocClassification(voc_root, train, "ignore", eval_transform(saved["image_size"]))
-
-    def logits(images: torch.Tensor) -> torch.Tensor:
-        return model(images) if tta == "none" else (model(images) + model(images.flip(-1))) / 2
-
-    with torch.no_grad():
-        return torch.cat(
-            [torch.sigmoid(logits(images)) for images, *_ in DataLoader(dataset, batch_size=8)]
-        ).numpy()
 
 
 def test_every_train_image_is_scored_once_by_the_fold_model_that_held_it_out(fold_run):
@@ -96,7 +77,7 @@ def test_every_train_image_is_scored_once_by_the_fold_model_that_held_it_out(fol
         rows = np.flatnonzero(np.array(row_models) == index)
         assert [oof.files[r] for r in rows] == list(held_out.files)
         np.testing.assert_array_equal(oof.scores[rows], held_out.scores)
-        again = _rescored(model_path, voc.root, prov["tta"])
+        again = saved_model_scores(model_path, voc.root, "train", prov["tta"])
         np.testing.assert_allclose(oof.scores[rows], again[rows], atol=1e-6)
 
     # the labels are those the folds trained with: the four flipped, the rest as read

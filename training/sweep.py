@@ -60,7 +60,7 @@ from training.sweep_setup import (
     build_parser,
     setup_sweep,
 )
-from vocdata.errors import VocDataError, describe_os_error
+from vocdata.errors import VocDataError, describe_error
 from vocdata.jsonio import JsonFileError, read_json
 from vocdata.paths import display_path, project_relative, resolve_project_path
 
@@ -360,8 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sweep_dir = sweep(sys.argv[1:] if argv is None else argv)
     except USER_ERRORS as error:
-        text = describe_os_error(error) if isinstance(error, OSError) else str(error)
-        log.error("%s", text)
+        log.error("%s", describe_error(error))
         return 2
     except SweepInterrupted as stop:
         log.error("%s", stop.message())

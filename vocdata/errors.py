@@ -17,10 +17,13 @@ class CacheError(VocDataError):
     """A cache cannot be written or used; the message names the cache's path."""
 
 
-def describe_os_error(error: OSError) -> str:
-    """One line for a person about a failed file operation: our own errors (which subclass
-    OSError, like a missing run) keep their message; a system error names its path."""
-    if error.filename is None or type(error).__module__ != "builtins":
+def describe_error(error: Exception) -> str:
+    """One line for a person about an error a program refuses with: our own errors (some
+    subclass OSError, like a missing run) keep their message; a system error from a failed file
+    operation names its path."""
+    if not isinstance(error, OSError) or error.filename is None:
+        return str(error)
+    if type(error).__module__ != "builtins":
         return str(error)
     return (
         f"cannot use {error.filename}: {error.strerror or error}. Check that the path exists "

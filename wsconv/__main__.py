@@ -29,7 +29,7 @@ from training.config import config_from_argv
 from training.config_checks import FIELD_CHECKS, ConfigError
 from training.runfolder import RunFolderError
 from vocdata.atomic import atomic_write
-from vocdata.errors import VocDataError, describe_os_error
+from vocdata.errors import VocDataError, describe_error
 from vocdata.options import add_device_option
 from vocdata.paths import project_relative, resolve_project_path
 from wsconv.imagenet_check import DEFAULT_IMAGENET_SAMPLES, format_check_table, prediction_check
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, VocDataError, WeightsUnavailableError, RunFolderError) as error:
         log.error("%s", error)
     except OSError as error:  # RunNotFoundError and FileNotFoundError carry their own message
-        log.error("%s", describe_os_error(error))
+        log.error("%s", describe_error(error))
     return 2
 
 
