@@ -10,19 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
 import sys
 from pathlib import Path
 
 from predictions.ensemble import AVERAGING_RULES, DEFAULT_AVERAGING_RULE
-from predictions.format import PredictionsFormatError, save_predictions
+from predictions.format import PredictionsFormatError, file_size_bound, save_predictions
 from predictions.provenance import provenance_value
 from predictions.runs import RunNotFoundError
 from training.engine import ENGINE_CHOICES
 from training.loop import TTA_MODES
 from training.runtime import AMP_MODES
 from training.scoring import TTA_AUTO
-from vocdata.atomic import why_not_writable
+from vocdata.atomic import free_bytes, megabytes, why_not_writable
 from vocdata.options import (
     add_amp_option,
     add_cache_dir_option,
@@ -148,22 +147,6 @@ def _default_voc_root(stored: str | None) -> Path:
     return resolve_voc_root()
 
 
-# Room for the provenance (models, skipped files) beyond the arrays, in bytes.
-PROVENANCE_ALLOWANCE = 1 * 2**20
-
-
-def estimated_size(files: tuple[str, ...], num_classes: int, labelled: bool) -> int:
-    """Bytes the predictions file can take at most (its arrays uncompressed: scores, labels,
-    fixed-width file names, class names and the provenance); the compressed file is smaller."""
-    longest = max((len(name) for name in files), default=1)
-    per_image = num_classes * (4 + (1 if labelled else 0)) + 4 * longest
-    return len(files) * per_image + PROVENANCE_ALLOWANCE
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
-
-
 def check_output_folder(out: Path) -> None:
     """Fail before any slow work when the folder of `out` cannot be written."""
     if reason := why_not_writable(out.parent):
@@ -175,11 +158,11 @@ def check_output_folder(out: Path) -> None:
 
 def check_room(out: Path, needed: int) -> None:
     """Fail before the scoring pass when the disk holding `out` has less room than `needed`."""
-    free = shutil.disk_usage(out.parent).free
-    if free < needed:
+    free = free_bytes(out.parent)
+    if free is not None and free < needed:
         raise OutputError(
             f"Not enough space for {display_path(out)}: the predictions file needs up to "
-            f"{_megabytes(needed)}, {display_path(out.parent)} has {_megabytes(free)} free. "
+            f"{megabytes(needed)}, {display_path(out.parent)} has {megabytes(free)} free. "
             f"Free some space, or pass --out with a file on another disk."
         )
 
@@ -249,7 +232,7 @@ def run(args: argparse.Namespace) -> Path:
     else:
         difficult = provenance_value(models[0].provenance, "difficult")
         data = voc_split_data(voc_root, split, difficult, args.skip_bad_images, workers)
-    needed = estimated_size(data.files, len(models[0].class_names), data.labels is not None)
+    needed = file_size_bound(data.files, len(models[0].class_names), data.labels is not None)
     check_room(out, needed)
     log.info(
         "scoring %d image(s) of %s (%s) with %d model(s) on %s%s",
@@ -275,10 +258,10 @@ def run(args: argparse.Namespace) -> Path:
     try:
         save_predictions(out, result.predictions)
     except OSError as error:  # a full disk, a folder removed meanwhile: nothing half-written
-        free = shutil.disk_usage(out.parent).free if out.parent.is_dir() else 0
+        free = free_bytes(out.parent) if out.parent.is_dir() else 0
         raise OutputError(
             f"Cannot write {display_path(out)} ({error.strerror or error}): the predictions "
-            f"file needs up to {_megabytes(needed)}, {_megabytes(free)} are free there. Free "
+            f"file needs up to {megabytes(needed)}, {megabytes(free or 0)} are free there. Free "
             f"some space, or pass --out with a file on another disk; nothing was written."
         ) from None
     log.info(
@@ -296,7 +279,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def export(args: argparse.Namespace) -> Path:
     """`--export-onnx RUN`: the run's model(s) as one checked ONNX file; returns it."""
-    from training.export import default_check_images, export_onnx
+    from training.export import export_onnx
     from training.scoring import ensemble_home, resolve_model_paths
 
     paths = resolve_model_paths(args.export_onnx, args.runs_dir)
@@ -307,7 +290,7 @@ def export(args: argparse.Namespace) -> Path:
             f"with another file name."
         )
     check_output_folder(out)
-    result = export_onnx(paths, out, check_images=default_check_images(paths), tta=args.tta)
+    result = export_onnx(paths, out, tta=args.tta)
     log.info(
         "exported %d model(s) (TTA %s, views %s) in %.1f s, %.1f MB; checked against torch on "
         "%d %s images: max |score difference| %.2g",

@@ -17,7 +17,7 @@ DEFAULT_AVERAGING_RULE = MEAN_PROBABILITY
 
 # Probabilities are clipped this far from 0 and 1 before the logit, so a saturated float32
 # sigmoid (exactly 0.0 or 1.0) stays finite.
-_LOGIT_EPS = 1e-7
+LOGIT_EPS = 1e-7
 
 
 def combine_scores(scores: Sequence[np.ndarray], rule: str = DEFAULT_AVERAGING_RULE) -> np.ndarray:
@@ -39,7 +39,7 @@ def combine_scores(scores: Sequence[np.ndarray], rule: str = DEFAULT_AVERAGING_R
     if rule == MEAN_PROBABILITY:
         combined = stacked.mean(axis=0)
     else:
-        clipped = np.clip(stacked, _LOGIT_EPS, 1.0 - _LOGIT_EPS)
+        clipped = np.clip(stacked, LOGIT_EPS, 1.0 - LOGIT_EPS)
         mean_logit = np.log(clipped / (1.0 - clipped)).mean(axis=0)
         combined = 1.0 / (1.0 + np.exp(-mean_logit))
     return combined.astype(np.float32)

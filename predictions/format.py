@@ -21,6 +21,7 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -146,6 +147,19 @@ class Predictions:
             raise KeyError(
                 f"unknown class {name!r}; known: {', '.join(self.class_names)}"
             ) from None
+
+
+# Room for the provenance (models, skipped files) beyond the arrays, in bytes.
+PROVENANCE_ALLOWANCE = 1 * 2**20
+
+
+def file_size_bound(files: Sequence[str], num_classes: int, labelled: bool) -> int:
+    """Bytes a predictions file of these images can take at most (its arrays uncompressed:
+    scores, labels, fixed-width file names, and the provenance); the written file is smaller.
+    Checked against the free space before a long pass, and named when a write fails."""
+    longest = max((len(name) for name in files), default=1)
+    per_image = num_classes * (4 + (1 if labelled else 0)) + 4 * longest
+    return len(files) * per_image + PROVENANCE_ALLOWANCE
 
 
 def scores_from_logits(logits: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import main_train
 from predictions import load_predictions
 from tests.voc_fixture import TinyVoc, tiny_run_args, write_tiny_voc
 from training.export import ExportError, default_check_images, export_onnx
-from training.scoring import ScoringError, resolve_model_paths
+from training.scoring import ScoringError, load_saved_model, resolve_model_paths
 
 
 def score_with_onnxruntime_only(onnx_file: Path, image_files: list[Path]) -> np.ndarray:
@@ -73,7 +73,7 @@ def test_the_exported_file_reproduces_the_runs_val_predictions(
     voc, runs = tiny_runs
     paths = resolve_model_paths(run, runs)
     assert len(paths) == models
-    check_images = default_check_images(paths)
+    check_images = default_check_images(load_saved_model(paths[0]).provenance)
     assert check_images is not None and len(check_images) == 8  # the run's own val images
     out = tmp_path / "exported" / f"{run}.onnx"
     with caplog.at_level(logging.INFO, logger="training.export"):

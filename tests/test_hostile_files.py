@@ -468,10 +468,10 @@ def test_too_little_room_is_said_before_scoring_and_a_full_disk_names_path_and_s
     out = tmp_path / "out" / "scores.npz"
     import shutil
 
-    from predictions.__main__ import estimated_size
+    from predictions.format import file_size_bound
 
     val_files = tuple(read_split(voc.root, "val").relative_paths)
-    needed_mb = f"{estimated_size(val_files, len(VOC_CLASSES), labelled=True) / 1e6:,.1f} MB"
+    needed_mb = f"{file_size_bound(val_files, len(VOC_CLASSES), labelled=True) / 1e6:,.1f} MB"
     assert needed_mb == "1.1 MB"  # scores, labels and names of 16 images, the provenance
 
     import training.scoring

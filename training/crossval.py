@@ -403,6 +403,19 @@ def _prepare_run(
     return run_dir, full_train, assignment, lock or created
 
 
+def draw_folds(train: VocSplit, config: TrainConfig, folds: int) -> np.ndarray:
+    """The fold of every train image (1..folds), stratified and drawn from --seed, each held-out
+    fold checked to have a counted positive (else no epoch could be chosen on it). The train
+    split's labels are the ones the fold models train with (label fixes applied)."""
+    targets, _ = train.targets_and_mask(config.difficult)
+    assignment = assign_folds(targets, folds, config.seed)
+    for number in range(1, folds + 1):
+        check_held_out_fold(
+            train.labels[assignment == number], config.difficult, number, folds, len(train)
+        )
+    return assignment
+
+
 def _prepare_folder(
     config: TrainConfig, context: DistContext
 ) -> tuple[Path, VocSplit, np.ndarray, RunLock | None]:
@@ -432,16 +445,7 @@ def _prepare_folder(
     fixes = fixes_for_run(config.label_fixes, config.label_fix_mode, full_train, val_ids)
     if fixes is not None:  # the folds are drawn on the labels the fold models train with
         full_train = fixes.apply(full_train)
-    targets, _ = full_train.targets_and_mask(config.difficult)
-    assignment = assign_folds(targets, config.folds, config.seed)
-    for number in range(1, config.folds + 1):
-        check_held_out_fold(
-            full_train.labels[assignment == number],
-            config.difficult,
-            number,
-            config.folds,
-            len(full_train),
-        )
+    assignment = draw_folds(full_train, config, config.folds)
     smallest = len(full_train) - int(np.bincount(assignment).max())
     if smallest < config.batch_size * context.world_size:
         raise FoldsError(

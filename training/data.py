@@ -22,6 +22,7 @@ from vocdata.errors import VocDataError
 from vocdata.paths import resolve_project_path
 from vocdata.splits import VocSplit, check_disjoint, main_dir
 from vocdata.transforms import eval_resize_size, eval_transform, train_transform
+from vocdata.views import parse_views
 
 
 @dataclass
@@ -59,10 +60,11 @@ class RowSubset(Dataset):
         return pixels, target, mask, position
 
 
-def _rows_mask(rows: np.ndarray, size: int) -> np.ndarray:
-    keep = np.zeros(size, dtype=bool)
+def split_rows(split: VocSplit, rows: np.ndarray) -> VocSplit:
+    """The images of `split` at `rows` (a fold's share), in the split's order."""
+    keep = np.zeros(len(split), dtype=bool)
     keep[rows] = True
-    return keep
+    return split.subset(keep)
 
 
 def seeded_loader_options(workers: int, seed: int, pin_memory: bool) -> dict:
@@ -151,6 +153,14 @@ def _split_cache(
     return cache
 
 
+def reads_image_cache(config: TrainConfig) -> bool:
+    """Whether anything of this run reads the image cache (the crop view's resized pixels):
+    fine-tuning's loaders, or a frozen recipe's crop view. A frozen whole-view run computes its
+    features from the images themselves, so building the cache would be wasted time and disk."""
+    views = parse_views(config.view, config.image_size, config.whole_size)
+    return not config.freeze_backbone or config.lp_ft or any(v.kind == "crop" for v in views)
+
+
 def split_image_cache(
     config: TrainConfig, voc_root: Path, split: VocSplit, *, progress: bool | None = None
 ) -> ImageCache:
@@ -203,14 +213,14 @@ def build_run_data(
         full_train = label_fixes.apply(full_train)
     train_split = full_train
     if fold is not None:
-        train_split = full_train.subset(_rows_mask(fold.train_rows, len(full_train)))
+        train_split = split_rows(full_train, fold.train_rows)
     if len(train_split) < config.batch_size * context.world_size:
         raise VocDataError(
             f"The train split has {len(train_split)} images, fewer than one batch of "
             f"{config.batch_size} x {context.world_size} process(es): lower --batch-size."
         )
     train_cache = val_cache = None
-    if config.cache_dir:
+    if config.cache_dir and reads_image_cache(config):
         train_cache = _split_cache(config, voc_root, full_train, context)
         val_cache = _split_cache(config, voc_root, val_split, context)
     train_set = VocClassification(
@@ -222,7 +232,7 @@ def build_run_data(
     test_split = test_set = None
     if fold is not None:
         test_split, test_set = val_split, val_set
-        val_split = full_train.subset(_rows_mask(fold.held_out_rows, len(full_train)))
+        val_split = split_rows(full_train, fold.held_out_rows)
         val_set = RowSubset(
             VocClassification(
                 voc_root,

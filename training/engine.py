@@ -563,15 +563,3 @@ def _build_cpu_engine(
 def _announce(engine: ForwardEngine) -> ForwardEngine:
     log.info("forward passes: %s", engine.describe())
     return engine
-
-
-# -- modules worth running through an engine ----------------------------------------------------
-def weights_digest(module: nn.Module) -> str:
-    """sha256 of every tensor of `module`'s state dict with its name: a `key` for
-    `build_engine` when the module is not a backbone (e.g. a whole classifier with its head)."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -19,6 +19,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from predictions.ensemble import AVERAGING_RULES, DEFAULT_AVERAGING_RULE, MEAN_PROBABILITY
-from training.engine import ONNX_OPSET, export_onnx_graph
+from predictions.ensemble import (
+    AVERAGING_RULES,
+    DEFAULT_AVERAGING_RULE,
+    LOGIT_EPS,
+    MEAN_PROBABILITY,
+)
+from training.engine import INPUT_NAME, ONNX_OPSET, export_onnx_graph
 from training.loop import tta_logits
 from training.scoring import (
     SavedModel,
@@ -47,11 +53,9 @@ from vocdata.views import CELL, View
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
 OUTPUT_NAME = "scores"
 SCORE_TOLERANCE = 1e-4  # scores are probabilities in [0, 1]: an absolute bound
 CHECK_IMAGES = 8
-_LOGIT_EPS = 1e-7  # as predictions.ensemble: a saturated probability stays finite
 
 
 class ExportError(ValueError):
@@ -96,7 +100,7 @@ class ScoringGraph(nn.Module):
             return probabilities[0]
         if self.rule == MEAN_PROBABILITY:
             return probabilities.mean(dim=0)
-        clipped = probabilities.clamp(_LOGIT_EPS, 1.0 - _LOGIT_EPS)
+        clipped = probabilities.clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
         return torch.sigmoid(torch.log(clipped / (1.0 - clipped)).mean(dim=0))
 
 
@@ -219,6 +223,9 @@ def _metadata(
     }
 
 
+RUN_VAL_IMAGES = "run-val-images"  # check on the first images of the run's own val split
+
+
 def _load_models(model_paths: list[Path]) -> list[SavedModel]:
     if not model_paths:
         raise ExportError("nothing to export: no model file given")
@@ -235,12 +242,13 @@ def _load_models(model_paths: list[Path]) -> list[SavedModel]:
     return models
 
 
-def default_check_images(model_paths: list[Path], count: int = CHECK_IMAGES) -> list[Path] | None:
-    """The first `count` images of the val split the (first) model was trained with, when
-    that dataset is still where its provenance says; else None."""
+def default_check_images(
+    provenance: Mapping[str, Any], count: int = CHECK_IMAGES
+) -> list[Path] | None:
+    """The first `count` images of the val split a model was trained with (its provenance
+    names the dataset), when that dataset is still there; else None."""
     try:
-        model = load_saved_model(Path(model_paths[0]))
-        voc_root = resolve_project_path(str(model.provenance["voc_root"]))
+        voc_root = resolve_project_path(str(provenance["voc_root"]))
         files = read_split(voc_root, "val").relative_paths[:count]
     except Exception:  # a moved dataset only means generated check images; say so, go on
         return None
@@ -277,16 +285,16 @@ def export_onnx(
     model_paths: list[Path],
     out: Path,
     *,
-    check_images: list[Path] | None,
+    check_images: list[Path] | str | None = RUN_VAL_IMAGES,
     rule: str = DEFAULT_AVERAGING_RULE,
     tta: str = "auto",
 ) -> ExportResult:
     """Write the models of `model_paths` (one run's model, or a k-fold run's fold models) as
-    one ONNX file at `out`, after checking it against torch on `check_images` (real images,
-    e.g. `default_check_images`; None: generated pixels, logged). `tta` 'auto': the one the
-    models were validated with. Raises ExportError (nothing written) when the ONNX scores
-    differ from torch's by more than SCORE_TOLERANCE; a model file that is not ours raises
-    training.scoring's ScoringError."""
+    one ONNX file at `out`, after checking it against torch on `check_images` (real images;
+    RUN_VAL_IMAGES: `default_check_images` of the first model; None: generated pixels,
+    logged). `tta` 'auto': the one the models were validated with. Raises ExportError
+    (nothing written) when the ONNX scores differ from torch's by more than SCORE_TOLERANCE;
+    a model file that is not ours raises training.scoring's ScoringError."""
     import onnx
     import onnxruntime
 
@@ -294,6 +302,8 @@ def export_onnx(
         raise ExportError(f"unknown averaging rule {rule!r}; choose one of {AVERAGING_RULES}")
     started = time.perf_counter()
     models = _load_models(model_paths)
+    if check_images == RUN_VAL_IMAGES:
+        check_images = default_check_images(models[0].provenance)
     tta = resolve_tta(models, tta)
     ensemble_rule = rule if len(models) > 1 else None
     graph = ScoringGraph([m.network for m in models], tta, rule).eval()

@@ -22,17 +22,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from evaluation.metrics import split_average_precision
 from predictions import scores_from_logits
 from training.config import TrainConfig
-from training.crossval import cv_estimate
-from training.data import split_image_cache
+from training.crossval import cv_estimate, draw_folds
+from training.data import reads_image_cache, split_image_cache, split_rows
 from training.distributed import DistContext
 from training.features import FeaturePass, FeatureSet, image_source
-from training.folds import Fold, FoldsError, assign_folds, make_folds
+from training.folds import Fold, FoldsError, make_folds
 from training.frozen import head_epoch, validate_on_features
 from training.heads import PriorHead
 from training.labelfixes import fixes_for_run, labels_for_ap
@@ -116,14 +115,15 @@ def prepare(config: TrainConfig, folds: int) -> TrainFeatures:
     fixes = fixes_for_run(config.label_fixes, config.label_fix_mode, split, val_ids)
     if fixes is not None:  # as --folds does: the folds are drawn on the fixed labels
         split = fixes.apply(split)
-    targets, _ = split.targets_and_mask(config.difficult)
-    assignment = assign_folds(targets, folds, config.seed)
+    assignment = draw_folds(split, config, folds)  # as --folds draws and checks them
     model, head_kind = build_model(config)
     model.to(runtime.device, memory_format=runtime.memory_format)
     for param in model.backbone_parameters():
         param.requires_grad_(False)
     initial_head = copy.deepcopy(model.head.state_dict())
-    image_cache = split_image_cache(config, voc_root, split) if config.cache_dir else None
+    image_cache = None
+    if config.cache_dir and reads_image_cache(config):
+        image_cache = split_image_cache(config, voc_root, split)
     source = image_source(voc_root, split, config, image_cache)
     features = FeaturePass.of(model, config, runtime).features(source, config)
     return TrainFeatures(
@@ -139,12 +139,6 @@ def prepare(config: TrainConfig, folds: int) -> TrainFeatures:
     )
 
 
-def _rows(split: VocSplit, rows: np.ndarray) -> VocSplit:
-    keep = np.zeros(len(split), dtype=bool)
-    keep[rows] = True
-    return split.subset(keep)
-
-
 def _fold_best(
     shared: TrainFeatures, config: TrainConfig, fold: Fold
 ) -> tuple[float, int | None, float | None]:
@@ -153,8 +147,8 @@ def _fold_best(
     epoch."""
     model, device = shared.model, shared.runtime.device
     model.head.load_state_dict(shared.initial_head)
-    train_split = _rows(shared.split, fold.train_rows)
-    held_out = _rows(shared.split, fold.held_out_rows)
+    train_split = split_rows(shared.split, fold.train_rows)
+    held_out = split_rows(shared.split, fold.held_out_rows)
     if isinstance(model.head, PriorHead):
         model.head.set_train_positives(
             (train_split.labels == 1).sum(0), shrink=config.residual_shrink

@@ -22,6 +22,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def forward_engine(
         cache_dir=cache_dir,
         key=head_input_digest(model),
         device=runtime.device,
-        channels_last=runtime.device.type == "cuda" or None,
+        channels_last=runtime.channels_last,  # --channels-last, for the torch engine
         amp_dtype=runtime.amp_dtype,
     )
 
@@ -162,13 +163,25 @@ def extract_features(
 @dataclass(frozen=True)
 class ImageSource:
     """What a view's dataset is made from: a split of a VOC root (with its image cache, which
-    holds the crop view's pixels) and the upright size of every image (for shape batches)."""
+    holds the crop view's pixels) and, read only when a whole view is computed, the upright
+    size of every image (for shape batches)."""
 
     voc_root: Path
     split: VocSplit
     difficult: str
     image_cache: ImageCache | None
-    sizes: tuple[tuple[int, int], ...]
+    workers: int
+
+    @cached_property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """Every image's upright (width, height), from the file headers (read once)."""
+        return tuple(upright_sizes(self.voc_root, self.split.relative_paths, self.workers))
+
+    def sizes_for(self, view: View) -> Sequence[tuple[int, int]]:
+        """What `view_loader` batches by: a crop view's inputs all have one shape."""
+        if view.kind == "crop":
+            return [(view.size, view.size)] * len(self.split)
+        return self.sizes
 
     def dataset(self, view: View) -> Dataset:
         cache = self.image_cache
@@ -184,8 +197,7 @@ class ImageSource:
 def image_source(
     voc_root: Path, split: VocSplit, config: TrainConfig, image_cache: ImageCache | None
 ) -> ImageSource:
-    sizes = upright_sizes(voc_root, split.relative_paths, max(1, config.workers))
-    return ImageSource(voc_root, split, config.difficult, image_cache, tuple(sizes))
+    return ImageSource(voc_root, split, config.difficult, image_cache, max(1, config.workers))
 
 
 def cached_view_features(
@@ -209,7 +221,11 @@ def cached_view_features(
             forward.name,
         )
         loader = view_loader(
-            source.dataset(view), view, source.sizes, 2 * config.batch_size, config.workers
+            source.dataset(view),
+            view,
+            source.sizes_for(view),
+            2 * config.batch_size,
+            config.workers,
         )
         return extract_features(
             forward, loader, len(split), True, config.progress, f"{split.name} {view.name}"

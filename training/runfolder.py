@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from predictions.runs import (
 )
 from training.config import TrainConfig
 from training.provenance import collect_run_provenance
-from vocdata.atomic import atomic_write, why_not_writable
+from vocdata.atomic import atomic_write, free_bytes, megabytes, why_not_writable
 from vocdata.jsonio import write_json
 from vocdata.locks import LockFile
 from vocdata.paths import display_path, resolve_project_path
@@ -55,39 +54,24 @@ class RunBusyError(RunFolderError):
     """Another process is training in the run folder."""
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
-
-
-def _free_bytes(path: Path) -> int | None:
-    """Free space on the disk that holds `path` (its nearest existing folder); None if unknown."""
-    for folder in (path, *path.parents):
-        if folder.is_dir():
-            try:
-                return shutil.disk_usage(folder).free
-            except OSError:
-                return None
-    return None
-
-
 @contextlib.contextmanager
 def writing(path: Path, needed: int | None = None) -> Iterator[None]:
     """Write `path` inside this block: a disk without `needed` bytes free is refused before
     anything is written, and any OSError while writing (no space, a quota, a file size limit,
     a folder that went away) becomes one RunWriteError naming the path, the room it needs and
     the room there is. The writes are atomic, so the file's previous version stays whole."""
-    free = _free_bytes(path.parent)
+    free = free_bytes(path.parent)
     if needed is not None and free is not None and free < needed:
         raise RunWriteError(
-            f"Cannot write {display_path(path)}: it needs {_megabytes(needed)}, and only "
-            f"{_megabytes(free)} are free there"
+            f"Cannot write {display_path(path)}: it needs {megabytes(needed)}, and only "
+            f"{megabytes(free)} are free there"
         )
     try:
         yield
     except OSError as error:
-        free = _free_bytes(path.parent)
-        room = "" if free is None else f", {_megabytes(free)} are free there"
-        size = "" if needed is None else f"it needs {_megabytes(needed)}{room}"
+        free = free_bytes(path.parent)
+        room = "" if free is None else f", {megabytes(free)} are free there"
+        size = "" if needed is None else f"it needs {megabytes(needed)}{room}"
         raise RunWriteError(
             f"Cannot write {display_path(path)} ({error.strerror or error}"
             f"{'; ' + size if size else room})"

@@ -345,6 +345,7 @@ def _group_forward(
         cache_dir=cache_dir,
         key=digest.hexdigest(),
         device=runtime.device,
+        channels_last=runtime.channels_last,
         amp_dtype=runtime.amp_dtype,
     )
 

@@ -142,7 +142,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _timing(sessions: Sequence[Mapping[str, Any]], final: FinalRun | None) -> dict[str, Any]:
+def _timing(sessions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Seconds over every session: feature passes (or cache reads), trials, the final run."""
 
     def total(key: str) -> float:
@@ -314,10 +314,10 @@ def write_report(sweep_dir: Path, setup: SweepDescription, study, final: FinalRu
     """Write sweep.json, sweep.md and sweep.png; returns sweep.md."""
     trials = trial_records(study)
     complete = [t for t in trials if t["state"] == "complete"]
-    chosen = max(complete, key=lambda t: t["cv_map_mean"], default=None)
-    if chosen is not None and chosen["number"] != study.best_trial.number:
+    chosen = None
+    if complete:  # Optuna's best trial: the one the final run trains (the first of a tie)
         chosen = next(t for t in complete if t["number"] == study.best_trial.number)
-    timing = _timing(study.user_attrs.get("sessions", []), final)
+    timing = _timing(study.user_attrs.get("sessions", []))
     data = {
         "sweep": project_relative(sweep_dir),
         "objective": f"{setup.folds}-fold CV estimate on the train split, each fold model at "

@@ -11,7 +11,6 @@ fold's share of the train split and chooses the epoch on its held-out rows.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from predictions import (
     scores_from_logits,
     write_latest_pointer,
 )
+from predictions.format import file_size_bound
 from predictions.runs import (
     BEST_MODEL_FILENAME,
     HELD_OUT_PREDICTIONS_FILENAME,
@@ -532,7 +532,12 @@ class Trainer:
             class_names=VOC_CLASSES,
             provenance=provenance,
         )
-        with writing(self.run_dir / name, predictions_size(predictions)):
+        with writing(
+            self.run_dir / name,
+            file_size_bound(
+                predictions.files, len(predictions.class_names), predictions.labels is not None
+            ),
+        ):
             save_predictions(self.run_dir / name, predictions)
         if fold is None:  # a fold run's pointer names the whole run (training.crossval)
             pointer = resolve_project_path(config.runs_dir) / LATEST_POINTER
@@ -556,13 +561,6 @@ class Trainer:
             return scores_from_logits(logits.numpy())
         scores, _ = self.validate(self.data.test_loader, len(self.data.test_split))
         return scores
-
-
-def predictions_size(predictions: Predictions) -> int:
-    """Bytes a predictions file takes at most (its arrays uncompressed, and the provenance)."""
-    names = sum(len(name) for name in predictions.files) * 4
-    provenance = len(json.dumps(predictions.provenance, default=str))
-    return predictions.scores.nbytes + np.asarray(predictions.labels).nbytes + names + provenance
 
 
 def run_single(

@@ -157,6 +157,22 @@ def probe_writable(folder: str | os.PathLike[str]) -> None:
     os.unlink(probe)
 
 
+def megabytes(size: int) -> str:
+    """A size for a message: "12.3 MB"."""
+    return f"{size / 1e6:,.1f} MB"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the disk that holds `path` (its nearest existing folder); None if unknown."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
 def why_not_writable(folder: Path, *, create: bool = True) -> str | None:
     """None when files can be written in `folder` (made first when `create`), else the reason
     in a few words ("Permission denied"), for an error message that also says what to do."""

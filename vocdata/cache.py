@@ -28,7 +28,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +38,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from vocdata.atomic import atomic_write
+from vocdata.atomic import atomic_write, free_bytes
 from vocdata.cachefiles import (
     IN_USE_SUFFIX,
     LOCK_SUFFIX,
@@ -248,17 +247,13 @@ def _cache_error(path: Path, error: OSError, needed: int | None = None) -> Cache
     if needed is not None:
         space = f" (the cache needs about {needed / 1e6:,.0f} MB"
         try:
-            space += f", {_free_bytes(path) / 1e6:,.0f} MB are free there)"
+            space += f", {(free_bytes(path.parent) or 0) / 1e6:,.0f} MB are free there)"
         except OSError:
             space += ")"
     return CacheError(
         f"Cannot write the image cache {path}: {error.strerror or error}{space}. Free some "
         f"space, or pass --cache-dir with another folder (none: no image cache)"
     )
-
-
-def _free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path.parent).free
 
 
 def _estimated_bytes(
