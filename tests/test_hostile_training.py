@@ -597,7 +597,7 @@ def test_no_room_for_a_checkpoint_is_said_before_anything_is_written(tmp_path, m
     def nearly_full(path):
         return real(path)._replace(free=1_000_000)
 
-    monkeypatch.setattr("training.runfolder.shutil.disk_usage", nearly_full)
+    monkeypatch.setattr("vocdata.atomic.shutil.disk_usage", nearly_full)
     target = tmp_path / "checkpoint_last.pt"
     with pytest.raises(RunWriteError) as info:
         save_atomic({"w": torch.zeros(1_000_000)}, target)
